@@ -1,0 +1,86 @@
+//! mlenv-runtime: registered with the engine in place of runc.
+
+use mlenv::argv::{self, Command};
+use mlenv::clock::{Clock, SystemClock};
+use mlenv::create::{self, Verdict};
+use mlenv::runclog::RuncLog;
+use mlenv::{lowlevel, policy};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::exit;
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let inv = argv::scan(&args);
+    let main = policy::main_path();
+    match inv.command {
+        Command::Create => create(&inv, &args, &main),
+        Command::Delete => delete(&inv, &args, &main),
+        Command::Other => passthrough(&inv, &args, &main),
+    }
+}
+
+/// The runtime for calls that do not load the policy: `[runtime] path` read leniently,
+/// so that a broken policy never breaks exec, stop, kill or delete.
+fn lenient_runtime(inv: &argv::Invocation, main: &std::path::Path) -> PathBuf {
+    let configured = policy::lenient(main).runtime_path;
+    match lowlevel::locate(configured.as_deref()) {
+        Ok(p) => p,
+        Err(e) => fail(inv, &format!("mlenv: {e}")),
+    }
+}
+
+fn fail(inv: &argv::Invocation, msg: &str) -> ! {
+    let mut log = RuncLog::open(inv.log.as_deref(), inv.log_is_json())
+        .unwrap_or_else(|_| RuncLog::stderr_only());
+    log.error(msg, SystemClock.now_ms());
+    exit(1)
+}
+
+fn passthrough(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
+    let runtime = lenient_runtime(inv, main);
+    let err = lowlevel::exec(&runtime, args);
+    fail(inv, &format!("mlenv: {err}"))
+}
+
+fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
+    let runtime = lenient_runtime(inv, main);
+    // The runtime first, the bookkeeping after: a broken inventory never fails a delete.
+    let code = match lowlevel::run(&runtime, args) {
+        Ok(code) => code,
+        Err(e) => fail(inv, &format!("mlenv: {e}")),
+    };
+    if code == 0 {
+        if let Err(e) = create::record_delete(inv, main, &SystemClock) {
+            eprintln!(
+                "mlenv: warning: container deleted, but not marked ended in the inventory: {e}"
+            );
+        }
+    }
+    exit(code)
+}
+
+fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
+    let clock = SystemClock;
+    // The log file first: an error before it is open reaches the user as "unable to
+    // retrieve OCI runtime error".
+    let mut log = match RuncLog::open(inv.log.as_deref(), inv.log_is_json()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mlenv: warning: cannot open the runtime log: {e}");
+            RuncLog::stderr_only()
+        }
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    match create::prepare(inv, &cwd, main, &clock, &mut log) {
+        Ok(Verdict::Admitted { runtime }) => {
+            let err = lowlevel::exec(&runtime, args);
+            log.error(&format!("mlenv: {err}"), clock.now_ms());
+        }
+        Ok(Verdict::Refused(reason)) => {
+            log.error(&format!("mlenv: refused: {reason}"), clock.now_ms())
+        }
+        Err(e) => log.error(&format!("mlenv: {e}"), clock.now_ms()),
+    }
+    exit(1)
+}

@@ -1,0 +1,562 @@
+//! The SQLite inventory: every create decision, and the containers that live.
+//!
+//! One file, WAL mode so readers (`mlenv ps`) never block a create, a busy timeout so
+//! concurrent creates queue instead of failing, and a schema versioned with
+//! `PRAGMA user_version` and forward-only migrations.
+
+use crate::clock::rfc3339;
+use crate::edits::Limits;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a writer waits for another before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Forward-only migrations; entry N takes the schema from version N to N+1.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE decisions (
+    id           INTEGER PRIMARY KEY,
+    time_ms      INTEGER NOT NULL,
+    container_id TEXT NOT NULL,
+    root         TEXT,
+    bundle       TEXT NOT NULL,
+    uid          INTEGER NOT NULL,
+    gid          INTEGER NOT NULL,
+    project      TEXT,
+    decision     TEXT NOT NULL CHECK (decision IN ('admitted', 'refused', 'error')),
+    reason       TEXT NOT NULL,
+    req_memory   INTEGER, req_swap INTEGER, req_cpus REAL, req_pids INTEGER,
+    eff_memory   INTEGER, eff_swap INTEGER, eff_cpus REAL, eff_pids INTEGER,
+    detail       TEXT NOT NULL
+);
+CREATE INDEX decisions_time ON decisions(time_ms);
+CREATE INDEX decisions_container ON decisions(container_id);
+CREATE TABLE containers (
+    id           INTEGER PRIMARY KEY,
+    decision_id  INTEGER NOT NULL REFERENCES decisions(id),
+    container_id TEXT NOT NULL,
+    root         TEXT,
+    created_ms   INTEGER NOT NULL,
+    ended_ms     INTEGER,
+    end_reason   TEXT,
+    uid          INTEGER NOT NULL,
+    gid          INTEGER NOT NULL,
+    project      TEXT,
+    memory       INTEGER, swap INTEGER, cpus REAL, pids INTEGER
+);
+CREATE INDEX containers_live ON containers(container_id) WHERE ended_ms IS NULL;
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot create inventory directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open inventory {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("inventory {path} has schema version {found}, newer than this mlenv knows ({known}); upgrade mlenv")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("inventory {path}: {what}: {source}")]
+    Sql {
+        path: PathBuf,
+        what: &'static str,
+        source: rusqlite::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Admitted,
+    Refused,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Admitted => "admitted",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+        }
+    }
+
+    fn parse(s: &str) -> Outcome {
+        match s {
+            "admitted" => Outcome::Admitted,
+            "refused" => Outcome::Refused,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+/// One create decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub id: i64,
+    pub time_ms: i64,
+    pub container_id: String,
+    pub root: Option<String>,
+    pub bundle: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub project: Option<String>,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub requested: Limits,
+    pub effective: Limits,
+    /// Free-form record of what was done (edits, policy files), for `explain`.
+    pub detail: serde_json::Value,
+}
+
+/// An admitted container not yet deleted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Live {
+    pub container_id: String,
+    pub root: Option<String>,
+    pub created_ms: i64,
+    pub uid: u32,
+    pub gid: u32,
+    pub project: Option<String>,
+    pub limits: Limits,
+    pub decision_id: i64,
+}
+
+pub struct Inventory {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Inventory {
+    /// Opens (creating if needed) the inventory at `path` and brings its schema up to
+    /// date.
+    pub fn open(path: &Path) -> Result<Inventory, InventoryError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| InventoryError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|source| InventoryError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut inv = Inventory {
+            conn,
+            path: path.to_path_buf(),
+        };
+        inv.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| inv.sql("setting the busy timeout", e))?;
+        // WAL: readers never block the writer; NORMAL sync is durable across process
+        // crashes, which is what a decision record needs.
+        inv.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| inv.sql("enabling WAL", e))?;
+        inv.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| inv.sql("setting synchronous", e))?;
+        inv.migrate()?;
+        Ok(inv)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql(&self, what: &'static str, source: rusqlite::Error) -> InventoryError {
+        InventoryError::Sql {
+            path: self.path.clone(),
+            what,
+            source,
+        }
+    }
+
+    pub fn schema_version(&self) -> Result<i64, InventoryError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.sql("reading the schema version", e))
+    }
+
+    fn migrate(&mut self) -> Result<(), InventoryError> {
+        let known = MIGRATIONS.len() as i64;
+        if self.schema_version()? == known {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let sql = |what, source| InventoryError::Sql {
+            path: path.clone(),
+            what,
+            source,
+        };
+        // Immediate: two first creates racing must not both migrate.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql("starting the migration", e))?;
+        let found: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| sql("reading the schema version", e))?;
+        if found > known {
+            return Err(InventoryError::TooNew { path, found, known });
+        }
+        for step in &MIGRATIONS[found as usize..] {
+            tx.execute_batch(step)
+                .map_err(|e| sql("migrating the schema", e))?;
+        }
+        tx.pragma_update(None, "user_version", known)
+            .map_err(|e| sql("setting the schema version", e))?;
+        tx.commit().map_err(|e| sql("committing the migration", e))
+    }
+
+    /// Records a decision in one immediate transaction; an admitted container becomes
+    /// live (replacing a live row of the same id and root, whose delete was missed).
+    /// Returns the decision's id.
+    pub fn record(&mut self, d: &Decision) -> Result<i64, InventoryError> {
+        let path = self.path.clone();
+        let sql = |what, source| InventoryError::Sql {
+            path: path.clone(),
+            what,
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql("starting a transaction", e))?;
+        tx.execute(
+            "INSERT INTO decisions (time_ms, container_id, root, bundle, uid, gid, project,
+                decision, reason, req_memory, req_swap, req_cpus, req_pids,
+                eff_memory, eff_swap, eff_cpus, eff_pids, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            params![
+                d.time_ms,
+                d.container_id,
+                d.root,
+                d.bundle,
+                d.uid,
+                d.gid,
+                d.project,
+                d.outcome.as_str(),
+                d.reason,
+                d.requested.memory.map(|v| v as i64),
+                d.requested.swap.map(|v| v as i64),
+                d.requested.cpus,
+                d.requested.pids,
+                d.effective.memory.map(|v| v as i64),
+                d.effective.swap.map(|v| v as i64),
+                d.effective.cpus,
+                d.effective.pids,
+                d.detail.to_string(),
+            ],
+        )
+        .map_err(|e| sql("recording the decision", e))?;
+        let id = tx.last_insert_rowid();
+        if d.outcome == Outcome::Admitted {
+            tx.execute(
+                "UPDATE containers SET ended_ms = ?1, end_reason = 'replaced'
+                 WHERE container_id = ?2 AND root IS ?3 AND ended_ms IS NULL",
+                params![d.time_ms, d.container_id, d.root],
+            )
+            .map_err(|e| sql("ending a replaced container", e))?;
+            tx.execute(
+                "INSERT INTO containers (decision_id, container_id, root, created_ms, uid, gid,
+                    project, memory, swap, cpus, pids)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    id,
+                    d.container_id,
+                    d.root,
+                    d.time_ms,
+                    d.uid,
+                    d.gid,
+                    d.project,
+                    d.effective.memory.map(|v| v as i64),
+                    d.effective.swap.map(|v| v as i64),
+                    d.effective.cpus,
+                    d.effective.pids,
+                ],
+            )
+            .map_err(|e| sql("recording the live container", e))?;
+        }
+        tx.commit().map_err(|e| sql("committing the decision", e))?;
+        Ok(id)
+    }
+
+    /// Marks the live container `id` (under runtime root `root`) ended. Returns how
+    /// many rows changed (0: it was not live).
+    pub fn end(
+        &mut self,
+        container_id: &str,
+        root: Option<&str>,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<usize, InventoryError> {
+        self.conn
+            .execute(
+                "UPDATE containers SET ended_ms = ?1, end_reason = ?2
+                 WHERE container_id = ?3 AND root IS ?4 AND ended_ms IS NULL",
+                params![now_ms, reason, container_id, root],
+            )
+            .map_err(|e| self.sql("ending the container", e))
+    }
+
+    /// Live containers, oldest first.
+    pub fn live(&self) -> Result<Vec<Live>, InventoryError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT container_id, root, created_ms, uid, gid, project, memory, swap, cpus,
+                        pids, decision_id
+                 FROM containers WHERE ended_ms IS NULL ORDER BY created_ms, id",
+            )
+            .map_err(|e| self.sql("listing live containers", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Live {
+                    container_id: r.get(0)?,
+                    root: r.get(1)?,
+                    created_ms: r.get(2)?,
+                    uid: r.get(3)?,
+                    gid: r.get(4)?,
+                    project: r.get(5)?,
+                    limits: Limits {
+                        memory: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                        swap: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                        cpus: r.get(8)?,
+                        pids: r.get(9)?,
+                    },
+                    decision_id: r.get(10)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.sql("listing live containers", e))?;
+        Ok(rows)
+    }
+
+    /// Decisions at or after `since_ms`, newest first, at most `limit`.
+    pub fn history(&self, since_ms: i64, limit: u32) -> Result<Vec<Decision>, InventoryError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, time_ms, container_id, root, bundle, uid, gid, project, decision,
+                        reason, req_memory, req_swap, req_cpus, req_pids,
+                        eff_memory, eff_swap, eff_cpus, eff_pids, detail
+                 FROM decisions WHERE time_ms >= ?1 ORDER BY time_ms DESC, id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.sql("reading the history", e))?;
+        let rows = stmt
+            .query_map(params![since_ms, limit], decision_from_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.sql("reading the history", e))?;
+        Ok(rows)
+    }
+
+    /// The newest decision for a container id or unique id prefix.
+    pub fn find(&self, id_or_prefix: &str) -> Result<Option<Decision>, InventoryError> {
+        // Escape LIKE's wildcards: ids are the user's text.
+        let pattern = format!(
+            "{}%",
+            id_or_prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        self.conn
+            .query_row(
+                "SELECT id, time_ms, container_id, root, bundle, uid, gid, project, decision,
+                        reason, req_memory, req_swap, req_cpus, req_pids,
+                        eff_memory, eff_swap, eff_cpus, eff_pids, detail
+                 FROM decisions WHERE container_id LIKE ?1 ESCAPE '\\'
+                 ORDER BY time_ms DESC, id DESC LIMIT 1",
+                params![pattern],
+                decision_from_row,
+            )
+            .optional()
+            .map_err(|e| self.sql("finding the decision", e))
+    }
+}
+
+fn decision_from_row(r: &rusqlite::Row) -> rusqlite::Result<Decision> {
+    let limits = |base: usize| -> rusqlite::Result<Limits> {
+        Ok(Limits {
+            memory: r.get::<_, Option<i64>>(base)?.map(|v| v as u64),
+            swap: r.get::<_, Option<i64>>(base + 1)?.map(|v| v as u64),
+            cpus: r.get(base + 2)?,
+            pids: r.get(base + 3)?,
+        })
+    };
+    let detail: String = r.get(18)?;
+    Ok(Decision {
+        id: r.get(0)?,
+        time_ms: r.get(1)?,
+        container_id: r.get(2)?,
+        root: r.get(3)?,
+        bundle: r.get(4)?,
+        uid: r.get(5)?,
+        gid: r.get(6)?,
+        project: r.get(7)?,
+        outcome: Outcome::parse(&r.get::<_, String>(8)?),
+        reason: r.get(9)?,
+        requested: limits(10)?,
+        effective: limits(14)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+    })
+}
+
+impl Decision {
+    /// A decision not yet recorded (id 0).
+    pub fn new(time_ms: i64, container_id: &str, bundle: &Path) -> Decision {
+        Decision {
+            id: 0,
+            time_ms,
+            container_id: container_id.to_string(),
+            root: None,
+            bundle: bundle.display().to_string(),
+            uid: 0,
+            gid: 0,
+            project: None,
+            outcome: Outcome::Error,
+            reason: String::new(),
+            requested: Limits::default(),
+            effective: Limits::default(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    pub fn time(&self) -> String {
+        rfc3339(self.time_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(id: &str, t: i64, outcome: Outcome) -> Decision {
+        let mut d = Decision::new(t, id, Path::new("/b"));
+        d.outcome = outcome;
+        d.root = Some("/run/r".into());
+        d.uid = 1000;
+        d.gid = 100;
+        d.project = Some("vision".into());
+        d.reason = "ok".into();
+        d.requested.memory = Some(2 << 30);
+        d.effective.memory = Some(1 << 30);
+        d.effective.cpus = Some(1.5);
+        d.detail = serde_json::json!({"actions": ["memory limit 2G clamped to 1G"]});
+        d
+    }
+
+    #[test]
+    fn migrates_once_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/mlenv.db");
+        let inv = Inventory::open(&path).unwrap();
+        assert_eq!(inv.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(inv);
+        let inv = Inventory::open(&path).unwrap();
+        assert_eq!(inv.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let mode: String = inv
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mlenv.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = Inventory::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 99, newer than"), "{err}");
+    }
+
+    #[test]
+    fn records_lists_and_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        inv.record(&decision("aaa111", 1000, Outcome::Admitted))
+            .unwrap();
+        inv.record(&decision("bbb222", 2000, Outcome::Refused))
+            .unwrap();
+        inv.record(&decision("ccc333", 3000, Outcome::Admitted))
+            .unwrap();
+
+        let live = inv.live().unwrap();
+        let ids: Vec<_> = live.iter().map(|l| l.container_id.as_str()).collect();
+        assert_eq!(ids, ["aaa111", "ccc333"], "refused containers never live");
+        assert_eq!(live[0].limits.memory, Some(1 << 30));
+        assert_eq!(live[0].limits.cpus, Some(1.5));
+        assert_eq!(live[0].project.as_deref(), Some("vision"));
+
+        assert_eq!(
+            inv.end("aaa111", Some("/run/r"), 4000, "deleted").unwrap(),
+            1
+        );
+        assert_eq!(
+            inv.end("aaa111", Some("/run/r"), 4000, "deleted").unwrap(),
+            0
+        );
+        assert_eq!(
+            inv.end("ccc333", Some("/other"), 4000, "deleted").unwrap(),
+            0,
+            "root must match"
+        );
+        assert_eq!(inv.live().unwrap().len(), 1);
+
+        let h = inv.history(0, 10).unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0].container_id, "ccc333");
+        assert_eq!(h[1].outcome, Outcome::Refused);
+        assert_eq!(h[2], {
+            let mut d = decision("aaa111", 1000, Outcome::Admitted);
+            d.id = h[2].id;
+            d
+        });
+        assert_eq!(inv.history(2500, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn same_id_created_again_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        inv.record(&decision("x", 1000, Outcome::Admitted)).unwrap();
+        inv.record(&decision("x", 2000, Outcome::Admitted)).unwrap();
+        let live = inv.live().unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].created_ms, 2000);
+    }
+
+    #[test]
+    fn find_by_prefix_escapes_wildcards() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        inv.record(&decision("abc123", 1000, Outcome::Admitted))
+            .unwrap();
+        inv.record(&decision("abc123", 2000, Outcome::Refused))
+            .unwrap();
+        let d = inv.find("abc").unwrap().unwrap();
+        assert_eq!(
+            (d.container_id.as_str(), d.outcome),
+            ("abc123", Outcome::Refused)
+        );
+        assert!(inv.find("a%").unwrap().is_none());
+        assert!(inv.find("zzz").unwrap().is_none());
+    }
+}

@@ -1,0 +1,18 @@
+//! mlenv: an OCI runtime wrapper for shared GPU servers.
+//!
+//! `mlenv-runtime` sits between the engine and runc: on `create` it rewrites the
+//! bundle's config.json by policy, decides admission, records the decision in a SQLite
+//! inventory and execs the low-level runtime with the original argv. Every other
+//! subcommand passes straight through.
+
+pub mod argv;
+pub mod clock;
+pub mod create;
+pub mod edits;
+pub mod fsutil;
+pub mod inventory;
+pub mod lowlevel;
+pub mod policy;
+pub mod runclog;
+pub mod spec;
+pub mod units;

@@ -1,0 +1,572 @@
+//! The admin's policy: /etc/mlenv/mlenv.toml, then /etc/mlenv/conf.d/*.toml in name
+//! order, later files winning key by key.
+//!
+//! Parsing is strict: an unknown key, a bad size or an out-of-range value is an error
+//! naming the file, the line and the key. There is no daemon: every create loads the
+//! policy afresh, so a change applies to the next container.
+
+use crate::units::{ByteSize, Cpus, Pids};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The main policy file when `MLENV_CONFIG` is not set.
+pub const DEFAULT_MAIN: &str = "/etc/mlenv/mlenv.toml";
+/// Where the inventory lives when the policy does not say.
+pub const DEFAULT_INVENTORY: &str = "/var/lib/mlenv/mlenv.db";
+/// File name of the last policy that validated, beside the inventory.
+pub const LAST_KNOWN_GOOD: &str = "policy.last-known-good.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// What a create does when the policy does not validate.
+    pub on_invalid_policy: OnInvalidPolicy,
+    pub runtime: RuntimeSection,
+    pub inventory: InventorySection,
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnInvalidPolicy {
+    /// Refuse every create until the policy is fixed (fail closed).
+    #[default]
+    Refuse,
+    /// Use the last policy that validated, and say so in the log.
+    LastKnownGood,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// The low-level runtime; unset: the first of runc, crun on the search path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InventorySection {
+    pub path: PathBuf,
+}
+
+impl Default for InventorySection {
+    fn default() -> Self {
+        InventorySection {
+            path: PathBuf::from(DEFAULT_INVENTORY),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverLimit {
+    /// A request above the maximum is refused.
+    #[default]
+    Refuse,
+    /// A request above the maximum is lowered to it.
+    Clamp,
+}
+
+/// Resource limits: a container without a limit gets the default; one above the
+/// maximum is refused or clamped. A maximum without a default also caps containers
+/// that set no limit at all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    pub over_limit: OverLimit,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_memory: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<ByteSize>,
+    /// Swap on top of the memory limit (Docker's --memory-swap minus --memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_swap: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_swap: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_cpus: Option<Cpus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<Cpus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_pids: Option<Pids>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pids: Option<Pids>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}:{line}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{files}: {message}")]
+    Invalid { files: String, message: String },
+}
+
+/// A policy loaded from its files.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub policy: Policy,
+    /// The files read, main first; empty when no main file exists (built-in
+    /// defaults).
+    pub files: Vec<PathBuf>,
+}
+
+/// The main policy file: `MLENV_CONFIG`, else /etc/mlenv/mlenv.toml.
+pub fn main_path() -> PathBuf {
+    std::env::var_os("MLENV_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MAIN))
+}
+
+/// The drop-in files for `main`: `conf.d/*.toml` beside it, in name order.
+pub fn dropins(main: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let dir = main.parent().unwrap_or(Path::new("/")).join("conf.d");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(PolicyError::Read { path: dir, source }),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| PolicyError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read(path: &Path) -> Result<Option<String>, PolicyError> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Parses one file strictly, on its own, so that errors carry its line numbers.
+/// Returns its table for merging.
+pub fn parse_file(path: &Path, text: &str) -> Result<toml::Table, PolicyError> {
+    if let Err(e) = toml::from_str::<Policy>(text) {
+        return Err(located(path, text, &e));
+    }
+    // Cannot fail: the same text just parsed as a Policy.
+    toml::from_str::<toml::Table>(text).map_err(|e| located(path, text, &e))
+}
+
+/// Turns a toml error into file:line: key: message.
+fn located(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
+    let start = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    let this_line = text.lines().nth(line - 1).unwrap_or("");
+    let section = text
+        .lines()
+        .take(line)
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[').map(|r| {
+                r.trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+        })
+        .last();
+    let key = match this_line.split_once('=') {
+        Some((k, _)) if !this_line.trim_start().starts_with('[') => {
+            let k = k.trim().trim_matches('"');
+            match &section {
+                Some(s) if !s.is_empty() => format!("{s}.{k}"),
+                _ => k.to_string(),
+            }
+        }
+        _ => section.unwrap_or_else(|| "(top level)".to_string()),
+    };
+    PolicyError::Parse {
+        path: path.to_path_buf(),
+        line,
+        key,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// Later tables win key by key; nested tables merge.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Loads and validates the policy from `main` and its drop-ins. A missing main file
+/// means built-in defaults (plus any drop-ins).
+pub fn load(main: &Path) -> Result<Loaded, PolicyError> {
+    let mut files = Vec::new();
+    let mut merged = toml::Table::new();
+    if let Some(text) = read(main)? {
+        merged = parse_file(main, &text)?;
+        files.push(main.to_path_buf());
+    }
+    for path in dropins(main)? {
+        if let Some(text) = read(&path)? {
+            merge(&mut merged, parse_file(&path, &text)?);
+            files.push(path);
+        }
+    }
+    let names = || {
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let policy =
+        Policy::deserialize(toml::Value::Table(merged)).map_err(|e| PolicyError::Invalid {
+            files: names(),
+            message: e.message().trim().to_string(),
+        })?;
+    policy.validate().map_err(|message| PolicyError::Invalid {
+        files: names(),
+        message,
+    })?;
+    Ok(Loaded { policy, files })
+}
+
+impl Policy {
+    /// Checks that span keys (a default above its maximum).
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        fn pair<T: PartialOrd + std::fmt::Display>(
+            d: Option<T>,
+            m: Option<T>,
+            what: &str,
+        ) -> Result<(), String> {
+            match (d, m) {
+                (Some(d), Some(m)) if d > m => Err(format!(
+                    "[limits] default_{what} = {d} is above max_{what} = {m}; lower the default or raise the maximum"
+                )),
+                _ => Ok(()),
+            }
+        }
+        pair(l.default_memory, l.max_memory, "memory")?;
+        pair(l.default_swap, l.max_swap, "swap")?;
+        pair(l.default_cpus, l.max_cpus, "cpus")?;
+        pair(l.default_pids, l.max_pids, "pids")?;
+        Ok(())
+    }
+
+    /// The policy as TOML, as `policy check` shows it and last-known-good keeps it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What can be read from policy files that may not validate: the keys a passthrough
+/// call or a fail-closed create needs. Every error is ignored; a file that does not
+/// parse is skipped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lenient {
+    pub runtime_path: Option<PathBuf>,
+    pub inventory_path: Option<PathBuf>,
+    pub on_invalid_policy: Option<OnInvalidPolicy>,
+}
+
+pub fn lenient(main: &Path) -> Lenient {
+    let mut out = Lenient::default();
+    let mut files = vec![main.to_path_buf()];
+    files.extend(dropins(main).unwrap_or_default());
+    for path in files {
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(table) = toml::from_str::<toml::Table>(&text) else {
+            continue;
+        };
+        let get = |section: &str, key: &str| {
+            table
+                .get(section)
+                .and_then(|s| s.get(key))
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from)
+        };
+        if let Some(p) = get("runtime", "path") {
+            out.runtime_path = Some(p);
+        }
+        if let Some(p) = get("inventory", "path") {
+            out.inventory_path = Some(p);
+        }
+        if let Some(v) = table.get("on_invalid_policy").and_then(|v| v.as_str()) {
+            out.on_invalid_policy = match v {
+                "last-known-good" => Some(OnInvalidPolicy::LastKnownGood),
+                "refuse" => Some(OnInvalidPolicy::Refuse),
+                _ => out.on_invalid_policy,
+            };
+        }
+    }
+    out
+}
+
+/// The last-known-good copy beside an inventory file.
+pub fn last_known_good_path(inventory: &Path) -> PathBuf {
+    inventory
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(LAST_KNOWN_GOOD)
+}
+
+/// Keeps `policy` as the last known good one, if it differs from what is kept. Written
+/// atomically; failures are returned for the caller to log, never fatal.
+pub fn save_last_known_good(policy: &Policy) -> io::Result<()> {
+    let path = last_known_good_path(&policy.inventory.path);
+    let text = policy.to_toml();
+    if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir)?;
+    crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600)
+}
+
+/// Reads the last-known-good policy kept beside `inventory`.
+pub fn load_last_known_good(inventory: &Path) -> Result<Loaded, PolicyError> {
+    let path = last_known_good_path(inventory);
+    let text = match read(&path)? {
+        Some(t) => t,
+        None => {
+            return Err(PolicyError::Invalid {
+                files: path.display().to_string(),
+                message: "no last-known-good policy is kept yet".into(),
+            })
+        }
+    };
+    let table = parse_file(&path, &text)?;
+    let policy =
+        Policy::deserialize(toml::Value::Table(table)).map_err(|e| PolicyError::Invalid {
+            files: path.display().to_string(),
+            message: e.message().to_string(),
+        })?;
+    Ok(Loaded {
+        policy,
+        files: vec![path],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn setup(main: Option<&str>, dropins: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let main_path = dir.path().join("mlenv.toml");
+        if let Some(m) = main {
+            fs::write(&main_path, m).unwrap();
+        }
+        if !dropins.is_empty() {
+            fs::create_dir(dir.path().join("conf.d")).unwrap();
+        }
+        for (name, text) in dropins {
+            fs::write(dir.path().join("conf.d").join(name), text).unwrap();
+        }
+        (dir, main_path)
+    }
+
+    #[test]
+    fn missing_main_gives_defaults() {
+        let (_d, main) = setup(None, &[]);
+        let l = load(&main).unwrap();
+        assert_eq!(l.policy, Policy::default());
+        assert!(l.files.is_empty());
+        assert_eq!(l.policy.inventory.path, PathBuf::from(DEFAULT_INVENTORY));
+    }
+
+    #[test]
+    fn full_policy_parses() {
+        let (_d, main) = setup(
+            Some(
+                r#"
+on_invalid_policy = "last-known-good"
+[runtime]
+path = "/usr/bin/crun"
+[inventory]
+path = "/tmp/x.db"
+[limits]
+over_limit = "clamp"
+default_memory = "8G"
+max_memory = "64G"
+default_swap = 0
+max_swap = "1G"
+default_cpus = 2
+max_cpus = 15.5
+default_pids = 4096
+max_pids = 32768
+"#,
+            ),
+            &[],
+        );
+        let p = load(&main).unwrap().policy;
+        assert_eq!(p.on_invalid_policy, OnInvalidPolicy::LastKnownGood);
+        assert_eq!(p.runtime.path, Some(PathBuf::from("/usr/bin/crun")));
+        assert_eq!(p.limits.over_limit, OverLimit::Clamp);
+        assert_eq!(p.limits.default_memory, Some(ByteSize(8 << 30)));
+        assert_eq!(p.limits.default_swap, Some(ByteSize(0)));
+        assert_eq!(p.limits.max_cpus, Some(Cpus(15.5)));
+        assert_eq!(p.limits.default_cpus, Some(Cpus(2.0)));
+        assert_eq!(p.limits.max_pids, Some(Pids(32768)));
+        // What is shown and kept reads back to the same policy.
+        let again: Policy = toml::from_str(&p.to_toml()).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn dropins_apply_in_name_order_later_wins() {
+        let (_d, main) = setup(
+            Some("[limits]\ndefault_memory = \"1G\"\nmax_memory = \"8G\"\n"),
+            &[
+                ("20-b.toml", "[limits]\ndefault_memory = \"3G\"\n"),
+                (
+                    "10-a.toml",
+                    "[limits]\ndefault_memory = \"2G\"\nmax_pids = 100\n",
+                ),
+                ("30-ignored.conf", "this is not toml"),
+            ],
+        );
+        let l = load(&main).unwrap();
+        assert_eq!(l.policy.limits.default_memory, Some(ByteSize(3 << 30)));
+        assert_eq!(l.policy.limits.max_memory, Some(ByteSize(8 << 30)));
+        assert_eq!(l.policy.limits.max_pids, Some(Pids(100)));
+        assert_eq!(l.files.len(), 3);
+        assert!(l.files[1].ends_with("10-a.toml"));
+    }
+
+    fn parse_error(text: &str) -> (usize, String, String) {
+        let (_d, main) = setup(Some(text), &[]);
+        match load(&main).unwrap_err() {
+            PolicyError::Parse {
+                path,
+                line,
+                key,
+                message,
+            } => {
+                assert_eq!(path, main);
+                (line, key, message)
+            }
+            other => panic!("expected a parse error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let (line, key, msg) = parse_error("[limits]\nmax_memory = \"8G\"\nmemroy = \"1G\"\n");
+        assert_eq!((line, key.as_str()), (3, "limits.memroy"));
+        assert!(msg.contains("unknown field"), "{msg}");
+
+        let (line, key, msg) = parse_error("# c\n[limits]\n\ndefault_memory = \"16Q\"\n");
+        assert_eq!((line, key.as_str()), (4, "limits.default_memory"));
+        assert!(msg.contains("invalid size \"16Q\""), "{msg}");
+
+        let (line, key, msg) = parse_error("[limits]\nmax_cpus = 0\n");
+        assert_eq!((line, key.as_str()), (2, "limits.max_cpus"));
+        assert!(msg.contains("must be above 0"), "{msg}");
+
+        let (line, key, msg) = parse_error("[limits]\nmax_pids = -5\n");
+        assert_eq!((line, key.as_str()), (2, "limits.max_pids"));
+        assert!(msg.contains("at least 1"), "{msg}");
+
+        let (line, key, msg) = parse_error("[limits]\nover_limit = \"maybe\"\n");
+        assert_eq!((line, key.as_str()), (2, "limits.over_limit"));
+        assert!(msg.contains("unknown variant"), "{msg}");
+
+        let (line, key, _) = parse_error("[limitz]\nx = 1\n");
+        assert_eq!((line, key.as_str()), (1, "limitz"));
+
+        let (line, _, msg) = parse_error("[limits\n");
+        assert_eq!(line, 1);
+        assert!(!msg.is_empty());
+    }
+
+    #[test]
+    fn error_in_dropin_names_the_dropin() {
+        let (_d, main) = setup(
+            Some(""),
+            &[("50-x.toml", "[limits]\nmax_memory = \"lots\"\n")],
+        );
+        let err = load(&main).unwrap_err().to_string();
+        assert!(
+            err.contains("conf.d/50-x.toml:2: limits.max_memory: invalid size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn default_above_max_across_files() {
+        let (_d, main) = setup(
+            Some("[limits]\nmax_memory = \"4G\"\n"),
+            &[("10.toml", "[limits]\ndefault_memory = \"8G\"\n")],
+        );
+        let err = load(&main).unwrap_err().to_string();
+        assert!(
+            err.contains("default_memory = 8G is above max_memory = 4G"),
+            "{err}"
+        );
+        assert!(err.contains("mlenv.toml + "), "{err}");
+    }
+
+    #[test]
+    fn lenient_reads_what_it_can() {
+        let (_d, main) = setup(
+            Some("on_invalid_policy = \"last-known-good\"\n[runtime]\npath = \"/x/runc\"\n[limits]\nbogus = 1\n"),
+            &[
+                ("10.toml", "[inventory]\npath = \"/d/m.db\"\n"),
+                ("20.toml", "not = [ toml"),
+            ],
+        );
+        assert!(load(&main).is_err());
+        let l = lenient(&main);
+        assert_eq!(l.runtime_path, Some(PathBuf::from("/x/runc")));
+        assert_eq!(l.inventory_path, Some(PathBuf::from("/d/m.db")));
+        assert_eq!(l.on_invalid_policy, Some(OnInvalidPolicy::LastKnownGood));
+    }
+
+    #[test]
+    fn last_known_good_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Policy::default();
+        p.inventory.path = dir.path().join("inv/mlenv.db");
+        p.limits.max_memory = Some(ByteSize(1 << 30));
+        save_last_known_good(&p).unwrap();
+        let l = load_last_known_good(&p.inventory.path).unwrap();
+        assert_eq!(l.policy, p);
+        // Unchanged: no rewrite (same modification time is not guaranteed, content is).
+        save_last_known_good(&p).unwrap();
+        let err = load_last_known_good(&dir.path().join("none/mlenv.db")).unwrap_err();
+        assert!(
+            err.to_string().contains("no last-known-good policy"),
+            "{err}"
+        );
+    }
+}
