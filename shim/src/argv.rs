@@ -53,6 +53,9 @@ pub struct Invocation {
     pub pid_file: Option<PathBuf>,
     /// The container id: the first positional argument after the subcommand.
     pub container_id: Option<String>,
+    /// `run --detach`: without it, `run` stays in the foreground until the container
+    /// exits and removes it itself.
+    pub detach: bool,
 }
 
 impl Invocation {
@@ -100,6 +103,7 @@ pub fn scan(args: &[OsString]) -> Invocation {
         bundle: None,
         pid_file: None,
         container_id: None,
+        detach: false,
     };
 
     // Global flags, up to the first non-flag word (Go's flag package stops there).
@@ -164,6 +168,7 @@ pub fn scan(args: &[OsString]) -> Invocation {
             match (name, value) {
                 ("bundle" | "b", Some(v)) => inv.bundle = Some(PathBuf::from(v)),
                 ("pid-file", Some(v)) => inv.pid_file = Some(PathBuf::from(v)),
+                ("detach" | "d", v) => inv.detach = v.is_none_or(|v| v == "true"),
                 _ => {}
             }
         } else {
@@ -251,9 +256,14 @@ mod tests {
     #[test]
     fn run_is_create() {
         let inv = s("run -d --bundle /b --console-socket /s id");
+        assert!(inv.detach);
         assert_eq!(inv.command, Command::Create);
         assert_eq!(inv.subcommand.as_deref(), Some("run"));
         assert_eq!(inv.container_id.as_deref(), Some("id"));
+        assert!(!s("run --bundle /b id").detach);
+        assert!(!s("run --detach=false id").detach);
+        assert!(s("run id --detach").detach);
+        assert!(!s("create --bundle /b id").detach);
     }
 
     #[test]

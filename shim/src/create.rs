@@ -17,8 +17,8 @@ pub enum CreateError {
     Policy(PolicyError),
     #[error("policy invalid: {error}; and no last-known-good policy to fall back on: {fallback}; fix the policy and check with `mlenv policy check`")]
     NoFallback {
-        error: PolicyError,
-        fallback: PolicyError,
+        error: Box<PolicyError>,
+        fallback: Box<PolicyError>,
     },
     #[error("no container id in the {0} command")]
     NoId(String),
@@ -68,7 +68,10 @@ pub fn policy_in_force(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Lo
                     );
                     Ok(lkg)
                 }
-                Err(fallback) => Err(CreateError::NoFallback { error, fallback }),
+                Err(fallback) => Err(CreateError::NoFallback {
+                    error: Box::new(error),
+                    fallback: Box::new(fallback),
+                }),
             }
         }
     }
@@ -153,9 +156,15 @@ fn edit_and_decide(
     Ok(edits)
 }
 
-/// After a successful `delete`, the container no longer counts. Best effort: a broken
-/// policy or inventory must never make a delete fail.
-pub fn record_delete(inv: &Invocation, main: &Path, clock: &dyn Clock) -> Result<(), String> {
+/// After a successful `delete` (or a foreground `run` that returned), the container no
+/// longer counts. Best effort: a broken policy or inventory must never make a delete
+/// fail.
+pub fn record_end(
+    inv: &Invocation,
+    main: &Path,
+    clock: &dyn Clock,
+    reason: &str,
+) -> Result<(), String> {
     let Some(id) = &inv.container_id else {
         return Ok(());
     };
@@ -171,7 +180,7 @@ pub fn record_delete(inv: &Invocation, main: &Path, clock: &dyn Clock) -> Result
     let root = inv.root.as_ref().map(|r| r.display().to_string());
     let mut inventory = Inventory::open(&path).map_err(|e| e.to_string())?;
     inventory
-        .end(id, root.as_deref(), clock.now_ms(), "deleted")
+        .end(id, root.as_deref(), clock.now_ms(), reason)
         .map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -394,7 +403,7 @@ mod tests {
         let inv = invocation(&f, "c7");
         prepare(&inv, Path::new("/"), &f.main, &FixedClock(5), &mut log).unwrap();
         let del = scan(&["--root", "/run/r", "delete", "--force", "c7"].map(OsString::from));
-        record_delete(&del, &f.main, &FixedClock(9)).unwrap();
+        record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap();
         let db = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         assert!(db.live().unwrap().is_empty());
     }

@@ -7,8 +7,20 @@ use std::path::Path;
 
 /// Replaces `path` with `bytes`: a temporary file in the same directory, fsync, the
 /// given mode, rename over the target, fsync of the directory. A reader sees the old
-/// file or the new one, never a truncated one.
+/// file or the new one, never a truncated one, and the new one survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// [`write_atomic`] without the directory fsync: atomic for readers, but after a
+/// crash the old file may be back. For config.json, whose container does not outlive
+/// a crash either, this saves a journal commit on every create.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -22,7 +34,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .set_permissions(Permissions::from_mode(mode))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
+    Ok(())
 }
 
 /// The permission bits of `path`, or `default` when it cannot be read.

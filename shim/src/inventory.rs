@@ -160,11 +160,21 @@ impl Inventory {
         inv.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| inv.sql("setting the busy timeout", e))?;
-        // WAL: readers never block the writer; NORMAL sync is durable across process
-        // crashes, which is what a decision record needs.
-        inv.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| inv.sql("enabling WAL", e))?;
+        // WAL: readers never block the writer. NORMAL: a commit is safe against a
+        // process crash and the file against power loss. Every create is a short-lived
+        // connection that checkpoints as it closes; leaving the WAL to the next process
+        // instead was measured slower (each opener re-reads the whole WAL to rebuild
+        // its index), see docs/benchmarks.md.
+        // The journal mode is kept in the file: set it once, not on every open.
+        let mode: String = inv
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .map_err(|e| inv.sql("reading the journal mode", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            inv.conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(|e| inv.sql("enabling WAL", e))?;
+        }
         inv.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| inv.sql("setting synchronous", e))?;

@@ -395,6 +395,53 @@ mod tests {
         (dir, main_path)
     }
 
+    /// Every key the code accepts is documented in docs/policy.md, under its table.
+    #[test]
+    fn reference_documents_every_key() {
+        let doc = include_str!("../../docs/policy.md");
+        let mut full = Policy::default();
+        full.runtime.path = Some(PathBuf::from("/x"));
+        full.limits.default_memory = Some(ByteSize(1));
+        full.limits.max_memory = Some(ByteSize(1));
+        full.limits.default_swap = Some(ByteSize(1));
+        full.limits.max_swap = Some(ByteSize(1));
+        full.limits.default_cpus = Some(Cpus(1.0));
+        full.limits.max_cpus = Some(Cpus(1.0));
+        full.limits.default_pids = Some(Pids(1));
+        full.limits.max_pids = Some(Pids(1));
+        let table: toml::Table = toml::from_str(&full.to_toml()).unwrap();
+        for (key, value) in &table {
+            match value.as_table() {
+                Some(section) => {
+                    let heading = format!("## `[{key}]`");
+                    let start = doc
+                        .find(&heading)
+                        .unwrap_or_else(|| panic!("no {heading} in docs/policy.md"));
+                    let body = &doc[start + heading.len()..];
+                    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+                    for k in section.keys() {
+                        assert!(
+                            body.contains(&format!("| `{k}` |")),
+                            "[{key}] {k} not documented"
+                        );
+                    }
+                }
+                None => assert!(
+                    doc.contains(&format!("| `{key}` |")),
+                    "{key} not documented"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn shipped_policy_validates() {
+        let main = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mlenv.toml"));
+        let l = load(main).unwrap();
+        assert_eq!(l.policy.limits.default_memory, Some(ByteSize(16 << 30)));
+        assert_eq!(l.policy.on_invalid_policy, OnInvalidPolicy::Refuse);
+    }
+
     #[test]
     fn missing_main_gives_defaults() {
         let (_d, main) = setup(None, &[]);

@@ -54,11 +54,12 @@ impl Spec {
         Ok(Spec { path, json })
     }
 
-    /// Writes the spec back atomically, keeping the file's mode.
+    /// Writes the spec back atomically (temporary file in the bundle, fsync, rename),
+    /// keeping the file's mode.
     pub fn save(&self) -> Result<(), SpecError> {
         let bytes = serde_json::to_vec(&self.json).expect("a JSON tree always serializes");
         let mode = crate::fsutil::mode_of(&self.path, 0o600);
-        crate::fsutil::write_atomic(&self.path, &bytes, mode).map_err(|source| SpecError::Write {
+        crate::fsutil::replace(&self.path, &bytes, mode).map_err(|source| SpecError::Write {
             path: self.path.clone(),
             source,
         })

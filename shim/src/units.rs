@@ -61,7 +61,7 @@ impl fmt::Display for ByteSize {
         let b = self.0;
         for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
             let unit_bytes = 1u64 << shift;
-            if b >= unit_bytes && b % unit_bytes == 0 {
+            if b >= unit_bytes && b.is_multiple_of(unit_bytes) {
                 return write!(f, "{}{}", b / unit_bytes, unit);
             }
         }

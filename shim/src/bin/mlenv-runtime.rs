@@ -51,7 +51,7 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         Err(e) => fail(inv, &format!("mlenv: {e}")),
     };
     if code == 0 {
-        if let Err(e) = create::record_delete(inv, main, &SystemClock) {
+        if let Err(e) = create::record_end(inv, main, &SystemClock, "deleted") {
             eprintln!(
                 "mlenv: warning: container deleted, but not marked ended in the inventory: {e}"
             );
@@ -73,6 +73,21 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     match create::prepare(inv, &cwd, main, &clock, &mut log) {
+        Ok(Verdict::Admitted { runtime })
+            if inv.subcommand.as_deref() == Some("run") && !inv.detach =>
+        {
+            // A foreground run removes its container when it exits, with no delete
+            // call: wait for it and record the end.
+            match lowlevel::run(&runtime, args) {
+                Ok(code) => {
+                    if let Err(e) = create::record_end(inv, main, &clock, "exited") {
+                        eprintln!("mlenv: warning: container exited, but not marked ended in the inventory: {e}");
+                    }
+                    exit(code)
+                }
+                Err(e) => log.error(&format!("mlenv: {e}"), clock.now_ms()),
+            }
+        }
         Ok(Verdict::Admitted { runtime }) => {
             let err = lowlevel::exec(&runtime, args);
             log.error(&format!("mlenv: {err}"), clock.now_ms());

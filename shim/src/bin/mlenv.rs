@@ -1,1 +1,312 @@
-fn main() {}
+//! mlenv: the admin CLI.
+
+use clap::{Parser, Subcommand};
+use mlenv::clock::{age, parse_duration, Clock, SystemClock};
+use mlenv::edits::Limits;
+use mlenv::inventory::{Decision, Inventory};
+use mlenv::policy::{self, Policy};
+use mlenv::units::{ByteSize, Cpus};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mlenv",
+    version,
+    about = "Admin CLI of mlenv, the OCI runtime wrapper for shared GPU servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Work with the policy in /etc/mlenv (or $MLENV_CONFIG).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// List the containers mlenv admitted that are still live.
+    Ps {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List create decisions, newest first.
+    History {
+        /// Only decisions this recent: 90s, 15m, 2h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the whole decision record of a container (id or unique prefix).
+    Explain {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate the policy without touching anything. With FILE: that file alone;
+    /// without: the main file and its conf.d drop-ins, as a create would load them.
+    Check { file: Option<PathBuf> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Policy {
+            command: PolicyCmd::Check { file },
+        } => policy_check(file.as_deref()),
+        Cmd::Ps { json } => ps(json),
+        Cmd::History { since, limit, json } => history(since.as_deref(), limit, json),
+        Cmd::Explain { id, json } => explain(&id, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("mlenv: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
+    let loaded = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            policy::parse_file(f, &text)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    let p: Policy = toml::Value::Table(t)
+                        .try_into()
+                        .map_err(|e: toml::de::Error| e.to_string())?;
+                    p.validate()?;
+                    Ok(policy::Loaded {
+                        policy: p,
+                        files: vec![f.to_path_buf()],
+                    })
+                })
+        }
+        None => policy::load(&policy::main_path()).map_err(|e| e.to_string()),
+    };
+    match loaded {
+        Ok(l) => {
+            if l.files.is_empty() {
+                println!(
+                    "policy ok: {} does not exist; built-in defaults are in force",
+                    policy::main_path().display()
+                );
+            } else {
+                let names: Vec<String> = l.files.iter().map(|f| f.display().to_string()).collect();
+                println!("policy ok: {}", names.join(" + "));
+            }
+            println!("\n# effective policy\n{}", l.policy.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("policy invalid: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The inventory named by the policy; a policy that does not validate still names
+/// it (read leniently), with a warning.
+fn open_inventory() -> Result<Inventory, String> {
+    let main = policy::main_path();
+    let path = match policy::load(&main) {
+        Ok(l) => l.policy.inventory.path,
+        Err(e) => {
+            eprintln!("mlenv: warning: policy invalid ({e}); reading the inventory it names");
+            policy::lenient(&main)
+                .inventory_path
+                .unwrap_or_else(|| PathBuf::from(policy::DEFAULT_INVENTORY))
+        }
+    };
+    if !path.exists() {
+        return Err(format!(
+            "no inventory at {}: no container has been created through mlenv-runtime yet",
+            path.display()
+        ));
+    }
+    Inventory::open(&path).map_err(|e| e.to_string())
+}
+
+fn json_out<T: serde::Serialize>(v: &T) -> Result<ExitCode, String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn mem(v: Option<u64>) -> String {
+    opt(v.map(ByteSize))
+}
+
+fn cpus(v: Option<f64>) -> String {
+    opt(v.map(Cpus))
+}
+
+/// Prints rows as left-aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn ps(json: bool) -> Result<ExitCode, String> {
+    let inv = open_inventory()?;
+    let live = inv.live().map_err(|e| e.to_string())?;
+    if json {
+        return json_out(&live);
+    }
+    let now = SystemClock.now_ms();
+    let rows = live
+        .iter()
+        .map(|l| {
+            vec![
+                short(&l.container_id).to_string(),
+                opt(l.project.clone()),
+                format!("{}:{}", l.uid, l.gid),
+                mem(l.limits.memory),
+                cpus(l.limits.cpus),
+                opt(l.limits.pids),
+                age(now - l.created_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "CONTAINER",
+            "PROJECT",
+            "USER",
+            "MEMORY",
+            "CPUS",
+            "PIDS",
+            "AGE",
+        ],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn history(since: Option<&str>, limit: u32, json: bool) -> Result<ExitCode, String> {
+    let since_ms = match since {
+        Some(s) => {
+            let d = parse_duration(s).ok_or_else(|| {
+                format!("invalid --since {s:?}: write a duration like 90s, 15m, 2h or 7d")
+            })?;
+            SystemClock.now_ms() - d
+        }
+        None => 0,
+    };
+    let inv = open_inventory()?;
+    let rows = inv.history(since_ms, limit).map_err(|e| e.to_string())?;
+    if json {
+        return json_out(&rows);
+    }
+    let rows = rows
+        .iter()
+        .map(|d| {
+            vec![
+                d.time(),
+                short(&d.container_id).to_string(),
+                opt(d.project.clone()),
+                format!("{}:{}", d.uid, d.gid),
+                d.outcome.as_str().to_string(),
+                d.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["TIME", "CONTAINER", "PROJECT", "USER", "DECISION", "REASON"],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn limits_line(l: &Limits) -> String {
+    format!(
+        "memory {}, swap {}, cpus {}, pids {}",
+        mem(l.memory),
+        mem(l.swap),
+        cpus(l.cpus),
+        opt(l.pids)
+    )
+}
+
+fn explain(id: &str, json: bool) -> Result<ExitCode, String> {
+    let inv = open_inventory()?;
+    let d: Decision = inv
+        .find(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no decision recorded for a container id starting with {id:?}"))?;
+    if json {
+        return json_out(&d);
+    }
+    println!("container  {}", d.container_id);
+    println!("time       {}", d.time());
+    println!("decision   {}", d.outcome.as_str());
+    println!("reason     {}", d.reason);
+    println!("user       {}:{}", d.uid, d.gid);
+    println!("project    {}", opt(d.project.clone()));
+    println!("bundle     {}", d.bundle);
+    println!("root       {}", opt(d.root.clone()));
+    println!("requested  {}", limits_line(&d.requested));
+    println!("effective  {}", limits_line(&d.effective));
+    if let Some(files) = d.detail.get("policy_files").and_then(|v| v.as_array()) {
+        let names: Vec<&str> = files.iter().filter_map(|f| f.as_str()).collect();
+        println!(
+            "policy     {}",
+            if names.is_empty() {
+                "built-in defaults".to_string()
+            } else {
+                names.join(" + ")
+            }
+        );
+    }
+    for key in ["actions", "refusals"] {
+        if let Some(items) = d.detail.get(key).and_then(|v| v.as_array()) {
+            for item in items.iter().filter_map(|i| i.as_str()) {
+                println!("{:<10} {item}", &key[..key.len() - 1]);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,179 @@
+//! Whole-process create latency: `runc create` against `mlenv-runtime create` on the
+//! same bundle, interleaved in the same run so that both see the same machine.
+//!
+//!     cargo build --release --workspace --examples
+//!     sudo target/release/examples/bench_create [iterations]
+//!
+//! Three cases, each timed from spawn to exit of the create command (delete is not
+//! timed): plain runc; mlenv with a policy whose edits do not apply (read, decide,
+//! record, exec); mlenv with default limits that rewrite config.json every time (the
+//! spec is restored before each run, untimed). Prints median, p95 and mean, and the
+//! median added over runc.
+//!
+//! runc's own create varies by a millisecond or more from run to run, more than mlenv
+//! adds; so the same three cases run once more with `/bin/true` standing in for runc,
+//! which isolates what mlenv itself costs (its process, policy, spec, inventory, exec).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn must(cmd: &mut Command) {
+    let st = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(st.success(), "{cmd:?} failed: {st}");
+}
+
+fn timed(cmd: &mut Command) -> f64 {
+    let t = Instant::now();
+    must(cmd);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn stats(name: &str, v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = v[v.len() / 2];
+    let p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "{name:<28} median {median:7.3} ms   p95 {p95:7.3} ms   mean {mean:7.3} ms   n={}",
+        v.len()
+    );
+    median
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().unwrap())
+        .unwrap_or(200);
+    let exe = std::env::current_exe().unwrap();
+    let bin_dir = exe.parent().unwrap().parent().unwrap();
+    let mlenv = bin_dir.join("mlenv-runtime");
+    assert!(
+        mlenv.exists(),
+        "{} missing: cargo build --release --workspace first",
+        mlenv.display()
+    );
+    let runc = mlenv::lowlevel::locate(None).expect("runc installed");
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/true")).unwrap();
+    let bundle = dir.join("bundle");
+    fs::create_dir(&bundle).unwrap();
+    must(Command::new(&runc).args(["spec", "--bundle"]).arg(&bundle));
+    let cfg = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    let pristine = serde_json::to_vec(&spec).unwrap();
+    fs::write(&cfg, &pristine).unwrap();
+
+    let write_policy = |name: &str, runtime: &Path, body: &str| -> PathBuf {
+        let p = dir.join(name).join("mlenv.toml");
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(
+            &p,
+            format!(
+                "[runtime]\npath = {runtime:?}\n[inventory]\npath = {:?}\n{body}",
+                dir.join("mlenv.db")
+            ),
+        )
+        .unwrap();
+        p
+    };
+    const LIMITS: &str =
+        "[limits]\ndefault_memory = \"256M\"\ndefault_cpus = 1\ndefault_pids = 512\n";
+    let no_edit = write_policy("plain", &runc, "");
+    let limits = write_policy("limits", &runc, LIMITS);
+    let truebin = PathBuf::from("/bin/true");
+    let no_edit_true = write_policy("plain-true", &truebin, "");
+    let limits_true = write_policy("limits-true", &truebin, LIMITS);
+    let state = dir.join("state");
+    let log = dir.join("log.json");
+
+    let create = |bin: &Path, policy: Option<&Path>, id: &str| {
+        let mut c = Command::new(bin);
+        if let Some(p) = policy {
+            c.env("MLENV_CONFIG", p);
+        }
+        c.arg("--root").arg(&state).arg("--log").arg(&log).args([
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+        ]);
+        c.arg(&bundle).arg(id);
+        c
+    };
+    let delete = |id: &str| {
+        must(
+            Command::new(&runc)
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force", id]),
+        )
+    };
+
+    // Warm-up: page cache, inventory creation and migration.
+    for i in 0..5 {
+        let id = format!("warm{i}");
+        timed(&mut create(&mlenv, Some(&no_edit), &id));
+        delete(&id);
+    }
+    let (mut t_runc, mut t_plain, mut t_limits) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let id = format!("r{i}");
+        t_runc.push(timed(&mut create(&runc, None, &id)));
+        delete(&id);
+        let id = format!("p{i}");
+        t_plain.push(timed(&mut create(&mlenv, Some(&no_edit), &id)));
+        delete(&id);
+        fs::write(&cfg, &pristine).unwrap();
+        let id = format!("l{i}");
+        t_limits.push(timed(&mut create(&mlenv, Some(&limits), &id)));
+        delete(&id);
+        fs::write(&cfg, &pristine).unwrap();
+    }
+    let (mut t_true, mut t_plain_true, mut t_limits_true) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let id = format!("t{i}");
+        t_true.push(timed(&mut create(&truebin, None, &id)));
+        t_plain_true.push(timed(&mut create(&mlenv, Some(&no_edit_true), &id)));
+        t_limits_true.push(timed(&mut create(&mlenv, Some(&limits_true), &id)));
+        fs::write(&cfg, &pristine).unwrap();
+    }
+    println!(
+        "create latency, {n} interleaved runs each ({})",
+        runc.display()
+    );
+    let base = stats("runc create", &mut t_runc);
+    let plain = stats("mlenv create (no edit)", &mut t_plain);
+    let lim = stats("mlenv create (limits edit)", &mut t_limits);
+    println!(
+        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms",
+        plain - base,
+        lim - base
+    );
+    println!();
+    println!("mlenv alone, /bin/true standing in for runc");
+    let base = stats("/bin/true", &mut t_true);
+    let plain = stats("mlenv -> true (no edit)", &mut t_plain_true);
+    let lim = stats("mlenv -> true (limits edit)", &mut t_limits_true);
+    println!(
+        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms",
+        plain - base,
+        lim - base
+    );
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Starts (or stops) the engines the end-to-end tests drive: a containerd and a dockerd
+# of their own, with their own sockets and state under /run/mlenv-e2e and
+# /var/lib/mlenv-e2e, so that an engine already on the machine is left alone.
+#
+#   tests/e2e-env.sh start   # prints the variables the tests read; also in /run/mlenv-e2e/env
+#   tests/e2e-env.sh stop
+#
+# dockerd registers mlenv-runtime from target/debug (or $MLENV_BIN_DIR) as runtime
+# "mlenv" and makes it the default runtime, so compose files that never name it still
+# go through it. Both engines get MLENV_CONFIG, which the runtime inherits through
+# containerd's shim: the tests write their policy there.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+run=/run/mlenv-e2e
+data=/var/lib/mlenv-e2e
+bin=${MLENV_BIN_DIR:-$repo/target/debug}
+policy=$run/policy/mlenv.toml
+
+wait_for() { # what, command...: polls until the command succeeds, 60 s at most
+    local what=$1; shift
+    for _ in $(seq 1 600); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "e2e-env: $what did not come up; its log:" >&2
+    return 1
+}
+
+start() {
+    if [ ! -x "$bin/mlenv-runtime" ]; then
+        echo "e2e-env: $bin/mlenv-runtime missing: run cargo build first" >&2
+        exit 1
+    fi
+    stop quiet
+    mkdir -p "$run/policy" "$data"
+    cat >"$policy" <<TOML
+# Baseline policy of the e2e engines; tests overwrite this file.
+[inventory]
+path = "$run/inventory/mlenv.db"
+TOML
+    cat >"$run/daemon.json" <<JSON
+{
+  "runtimes": { "mlenv": { "path": "$bin/mlenv-runtime" } },
+  "default-runtime": "mlenv"
+}
+JSON
+    MLENV_CONFIG=$policy setsid containerd \
+        --address "$run/containerd.sock" \
+        --root "$data/containerd" \
+        --state "$run/containerd" \
+        >"$run/containerd.log" 2>&1 </dev/null &
+    echo $! >"$run/containerd.pid"
+    wait_for containerd ctr --address "$run/containerd.sock" version || { tail -20 "$run/containerd.log" >&2; exit 1; }
+
+    MLENV_CONFIG=$policy setsid dockerd \
+        --containerd "$run/containerd.sock" \
+        --data-root "$data/docker" \
+        --exec-root "$run/docker" \
+        --host "unix://$run/docker.sock" \
+        --pidfile "$run/docker.pid" \
+        --config-file "$run/daemon.json" \
+        --bridge none --iptables=false --ip-masq=false \
+        >"$run/dockerd.log" 2>&1 </dev/null &
+    wait_for dockerd docker --host "unix://$run/docker.sock" version || { tail -20 "$run/dockerd.log" >&2; exit 1; }
+
+    cat >"$run/env" <<ENV
+export MLENV_E2E_DOCKER_HOST=unix://$run/docker.sock
+export MLENV_E2E_CONTAINERD=$run/containerd.sock
+export MLENV_E2E_POLICY=$policy
+ENV
+    cat "$run/env"
+}
+
+stop() {
+    local pidfile pid
+    for pidfile in "$run/docker.pid" "$run/containerd.pid"; do
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        if kill "$pid" 2>/dev/null; then
+            # Wait for it to exit (dockerd stops its containers first).
+            for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$pidfile"
+    done
+    # Leftover shims and containers of these engines only.
+    pkill -f "containerd-shim.*-address $run/containerd.sock" 2>/dev/null || true
+    if mountpoint -q "$run/docker" 2>/dev/null; then umount -l "$run/docker" || true; fi
+    [ "${1:-}" = quiet ] || echo "e2e-env: stopped"
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,230 @@
+//! mlenv-runtime called the way engines call runc, on a real bundle.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// A bundle over the shared busybox rootfs (read-only), from `runc spec`.
+fn bundle(dir: &Path, args: &[&str], resources: Value) {
+    fs::create_dir_all(dir).unwrap();
+    ok(Command::new("runc").args(["spec", "--bundle"]).arg(dir));
+    let path = dir.join("config.json");
+    let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    spec["root"] = json!({"path": rootfs(), "readonly": true});
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(args);
+    spec["linux"]["resources"]
+        .as_object_mut()
+        .unwrap()
+        .extend(resources.as_object().unwrap().clone());
+    fs::write(&path, serde_json::to_string(&spec).unwrap()).unwrap();
+}
+
+struct Rt<'a> {
+    policy: &'a Policy,
+    state: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl<'a> Rt<'a> {
+    fn new(policy: &'a Policy) -> Rt<'a> {
+        Rt {
+            policy,
+            state: policy.dir.path().join("state"),
+            log: policy.dir.path().join("log.json"),
+        }
+    }
+
+    /// mlenv-runtime with the global flags containerd's shim passes.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(RUNTIME);
+        c.env("MLENV_CONFIG", &self.policy.main)
+            .arg("--root")
+            .arg(&self.state)
+            .arg("--log")
+            .arg(&self.log)
+            .args(["--log-format", "json"])
+            .args(args);
+        c
+    }
+
+    fn status(&self, id: &str) -> Option<String> {
+        let o = run(&mut self.cmd(&["state", id]));
+        if !o.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        Some(v["status"].as_str().unwrap().to_string())
+    }
+
+    fn last_log_error(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap();
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"level\":\"error\""))
+            .unwrap_or_else(|| panic!("no error line in {text}"));
+        let v: Value = serde_json::from_str(line).unwrap();
+        v["msg"].as_str().unwrap().to_string()
+    }
+}
+
+#[test]
+fn runc_run_gets_default_limits() {
+    if !require("runc_run_gets_default_limits", &["runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(
+        None,
+        "[limits]\ndefault_memory = \"96M\"\ndefault_cpus = 0.5\ndefault_pids = 42\n",
+    );
+    let b = policy.dir.path().join("bundle");
+    bundle(&b, &["sh", "-c", SHOW_LIMITS], json!({}));
+    let rt = Rt::new(&policy);
+    let out = ok(rt
+        .cmd(&["run", "--bundle", b.to_str().unwrap(), "e2e-run"])
+        .stdin(Stdio::null()));
+    assert_eq!(
+        limits(&out),
+        ((96u64 << 20).to_string(), "50000".into(), "42".into())
+    );
+    let h = policy.history();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["container_id"], "e2e-run");
+    assert_eq!(h[0]["outcome"], "admitted");
+    assert_eq!(h[0]["effective"]["memory"], 96u64 << 20);
+    assert!(
+        policy.live().is_empty(),
+        "a foreground run ends with its container"
+    );
+}
+
+#[test]
+fn runc_lifecycle_and_passthrough_with_a_broken_policy() {
+    if !require("runc_lifecycle", &["runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(None, "[limits]\nmax_pids = 500\n");
+    let b = policy.dir.path().join("bundle");
+    bundle(&b, &["sleep", "600"], json!({"pids": {"limit": 100}}));
+    let rt = Rt::new(&policy);
+    let id = "e2e-life";
+    let pid_file = policy.dir.path().join("init.pid");
+    ok(rt
+        .cmd(&[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null()));
+    assert_eq!(rt.status(id).as_deref(), Some("created"));
+    assert_eq!(policy.live().len(), 1);
+    assert!(pid_file.exists());
+
+    // Every other subcommand passes through, even with a policy that does not parse.
+    fs::write(&policy.main, "this is [not toml").unwrap();
+    ok(&mut rt.cmd(&["start", id]));
+    assert_eq!(rt.status(id).as_deref(), Some("running"));
+    ok(&mut rt.cmd(&["ps", id]));
+    ok(&mut rt.cmd(&["pause", id]));
+    assert_eq!(rt.status(id).as_deref(), Some("paused"));
+    ok(&mut rt.cmd(&["resume", id]));
+    ok(&mut rt.cmd(&["kill", id, "KILL"]));
+    let mut stopped = false;
+    for _ in 0..200 {
+        if rt.status(id).as_deref() == Some("stopped") {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(stopped, "container did not stop after kill");
+
+    // A new create fails closed, saying how to check the policy.
+    let b2 = policy.dir.path().join("bundle2");
+    bundle(&b2, &["true"], json!({}));
+    let o = run(rt
+        .cmd(&["create", "--bundle", b2.to_str().unwrap(), "e2e-other"])
+        .stdin(Stdio::null()));
+    assert_eq!(o.status.code(), Some(1));
+    let msg = rt.last_log_error();
+    assert!(msg.starts_with("mlenv: policy invalid: "), "{msg}");
+    assert!(msg.contains("mlenv.toml:1"), "{msg}");
+    assert!(msg.ends_with("check with `mlenv policy check`"), "{msg}");
+    assert!(stderr(&o).contains(&msg), "stderr carries the same text");
+
+    // Delete still works; the inventory (named leniently) marks the container ended.
+    fs::write(
+        &policy.main,
+        format!("[inventory]\npath = {:?}\nbogus = 1\n", policy.inventory),
+    )
+    .unwrap();
+    ok(&mut rt.cmd(&["delete", id]));
+    assert_eq!(rt.status(id), None);
+    fs::write(
+        &policy.main,
+        format!("[inventory]\npath = {:?}\n", policy.inventory),
+    )
+    .unwrap();
+    assert!(policy.live().is_empty());
+}
+
+#[test]
+fn runc_refusal_reaches_log_and_stderr() {
+    if !require("runc_refusal", &["runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(None, "[limits]\nmax_pids = 10\nmax_memory = \"64M\"\n");
+    let b = policy.dir.path().join("bundle");
+    bundle(
+        &b,
+        &["true"],
+        json!({"pids": {"limit": 100}, "memory": {"limit": 1073741824}}),
+    );
+    let before = fs::read(b.join("config.json")).unwrap();
+    let rt = Rt::new(&policy);
+    let o = run(rt
+        .cmd(&["create", "--bundle", b.to_str().unwrap(), "e2e-refused"])
+        .stdin(Stdio::null()));
+    assert_eq!(o.status.code(), Some(1));
+    let want = "mlenv: refused: memory limit 1G requested > 64M allowed ([limits] max_memory); \
+                pids limit 100 requested > 10 allowed ([limits] max_pids)";
+    assert_eq!(rt.last_log_error(), want);
+    assert_eq!(stderr(&o).trim(), want);
+    assert_eq!(
+        fs::read(b.join("config.json")).unwrap(),
+        before,
+        "a refused spec is left as it was"
+    );
+    assert_eq!(rt.status("e2e-refused"), None, "nothing was created");
+    let h = policy.history();
+    assert_eq!(h[0]["outcome"], "refused");
+    assert_eq!(h[0]["reason"], want.trim_start_matches("mlenv: refused: "));
+}
+
+#[test]
+fn podman_style_call_without_log_flag() {
+    if !require("podman_style", &["runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(None, "[limits]\nmax_pids = 10\n");
+    let b = policy.dir.path().join("bundle");
+    bundle(&b, &["true"], json!({"pids": {"limit": 100}}));
+    let o = run(Command::new(RUNTIME)
+        .env("MLENV_CONFIG", &policy.main)
+        .current_dir(&b)
+        .args(["create", "--pid-file", "pidfile", "e2e-podman"])
+        .stdin(Stdio::null()));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        "mlenv: refused: pids limit 100 requested > 10 allowed ([limits] max_pids)"
+    );
+}

@@ -1,0 +1,208 @@
+//! Shared set-up of the end-to-end tests.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+pub const RUNTIME: &str = env!("CARGO_BIN_EXE_mlenv-runtime");
+pub const CLI: &str = env!("CARGO_BIN_EXE_mlenv");
+pub const IMAGE: &str = "mlenv-busybox:e2e";
+
+/// Prints each limit the container sees in its cgroup, v1 or v2, as `key=value`
+/// lines: memory in bytes, cpu quota in microseconds per 100 ms period, pids.
+pub const SHOW_LIMITS: &str = r#"
+if [ -f /sys/fs/cgroup/memory.max ]; then
+  echo memory=$(cat /sys/fs/cgroup/memory.max)
+  echo cpu=$(cut -d' ' -f1 /sys/fs/cgroup/cpu.max)
+  echo pids=$(cat /sys/fs/cgroup/pids.max)
+else
+  echo memory=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
+  echo cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)
+  echo pids=$(cat /sys/fs/cgroup/pids/pids.max)
+fi
+"#;
+
+/// The same as [`SHOW_LIMITS`] for a container that does not mount its cgroup (ctr's
+/// default spec): the host's cgroupfs bind-mounted at /host-cgroup, read at the path
+/// /proc/self/cgroup gives.
+pub const SHOW_LIMITS_HOST_CGROUP: &str = r#"
+c=/host-cgroup
+if [ -f $c/cgroup.controllers ]; then
+  p=$(sed -n 's/^0:://p' /proc/self/cgroup)
+  echo memory=$(cat $c$p/memory.max)
+  echo cpu=$(cut -d' ' -f1 $c$p/cpu.max)
+  echo pids=$(cat $c$p/pids.max)
+else
+  echo memory=$(cat $c/memory$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)/memory.limit_in_bytes)
+  echo cpu=$(cat $c/cpu$(sed -n 's/^[0-9]*:cpu://p' /proc/self/cgroup)/cpu.cfs_quota_us)
+  echo pids=$(cat $c/pids$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup)/pids.max)
+fi
+"#;
+
+/// Whether a test can run: root and the named tools on PATH. Otherwise it is skipped
+/// with a message, or fails when MLENV_E2E_REQUIRED=1.
+pub fn require(test: &str, tools: &[&str], env: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if !nix_is_root() {
+        missing.push("root".to_string());
+    }
+    for t in tools {
+        if !Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            missing.push(t.to_string());
+        }
+    }
+    for e in env {
+        if std::env::var_os(e).is_none() {
+            missing.push(format!("${e} (run tests/e2e-env.sh start)"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: needs {}", missing.join(", "));
+    if std::env::var("MLENV_E2E_REQUIRED").as_deref() == Ok("1") {
+        panic!("{msg}");
+    }
+    eprintln!("skipped: {msg}");
+    false
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A busybox root filesystem, built once per test run from busybox-static.
+pub fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-rootfs");
+        let _ = fs::remove_dir_all(&dir);
+        for d in [
+            "bin",
+            "tmp",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "root",
+            "work",
+            "host-cgroup",
+        ] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox-static is installed");
+        fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox).arg("--list").output().unwrap();
+        for applet in String::from_utf8(list.stdout).unwrap().lines() {
+            if applet != "busybox" {
+                symlink("busybox", dir.join("bin").join(applet)).unwrap();
+            }
+        }
+        fs::write(
+            dir.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/work:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(dir.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+        dir
+    })
+}
+
+/// Runs a command, returning its output; panics only if it cannot be started.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts success, returning stdout.
+#[track_caller]
+pub fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// The limits a container printed with [`SHOW_LIMITS`].
+pub fn limits(out: &str) -> (String, String, String) {
+    let get = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k}= in {out:?}"))
+            .trim()
+            .to_string()
+    };
+    (get("memory"), get("cpu"), get("pids"))
+}
+
+/// A policy written for one test: its own inventory, in its own directory.
+pub struct Policy {
+    pub dir: tempfile::TempDir,
+    pub main: PathBuf,
+    pub inventory: PathBuf,
+}
+
+impl Policy {
+    /// A policy file at `main` (replacing it and any conf.d beside it), or in a
+    /// temporary directory of its own, with an inventory in a fresh directory and
+    /// `body` after it.
+    pub fn write(main: Option<&Path>, body: &str) -> Policy {
+        let dir = tempfile::tempdir().unwrap();
+        let inventory = dir.path().join("inventory/mlenv.db");
+        let main = main
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("etc/mlenv.toml"));
+        fs::create_dir_all(main.parent().unwrap()).unwrap();
+        let _ = fs::remove_dir_all(main.parent().unwrap().join("conf.d"));
+        fs::write(&main, format!("[inventory]\npath = {inventory:?}\n{body}")).unwrap();
+        Policy {
+            dir,
+            main,
+            inventory,
+        }
+    }
+
+    /// The admin CLI reading this policy.
+    pub fn cli(&self, args: &[&str]) -> String {
+        ok(Command::new(CLI).env("MLENV_CONFIG", &self.main).args(args))
+    }
+
+    /// `mlenv history --json`, as values.
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli(&["history", "--json", "--limit", "1000"])).unwrap()
+    }
+
+    /// `mlenv ps --json`, as values.
+    pub fn live(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli(&["ps", "--json"])).unwrap()
+    }
+}
+
+/// The engines of tests/e2e-env.sh share one policy file: tests that use them take
+/// this lock for their whole run.
+pub fn engine_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

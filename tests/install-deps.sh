@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what mlenv's tests and demo need on Debian 12: the engines (runc, Debian's
+# docker.io with its containerd, docker-compose) and busybox-static, from which the
+# tests build their image. Idempotent; run as root.
+set -euo pipefail
+need=(runc docker.io containerd docker-compose busybox-static iptables)
+missing=()
+for p in "${need[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+    echo "install-deps: cargo not found: install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi
