@@ -1,0 +1,128 @@
+//! The admin CLI and the runtime's bookkeeping, without an engine: `[runtime] path`
+//! points at a stand-in that exits 0, so these run anywhere, as any user.
+
+use crate::support::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn mlenv(policy: &std::path::Path, args: &[&str]) -> std::process::Output {
+    run(Command::new(CLI).env("MLENV_CONFIG", policy).args(args))
+}
+
+#[test]
+fn policy_check_reports_file_line_and_key() {
+    let p = Policy::write(None, "[limits]\ndefault_memory = \"1G\"\n");
+    let o = mlenv(&p.main, &["policy", "check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(&format!("policy ok: {}", p.main.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("default_memory = \"1G\""),
+        "effective policy printed: {out}"
+    );
+
+    // A drop-in with a typo: the full set fails, naming the drop-in.
+    let conf_d = p.main.parent().unwrap().join("conf.d");
+    fs::create_dir_all(&conf_d).unwrap();
+    fs::write(
+        conf_d.join("50-x.toml"),
+        "# comment\n[limits]\nmax_memroy = \"2G\"\n",
+    )
+    .unwrap();
+    let o = mlenv(&p.main, &["policy", "check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("conf.d/50-x.toml:3: limits.max_memroy: unknown field `max_memroy`"),
+        "{err}"
+    );
+
+    // One file alone: the drop-in before it is installed.
+    let o = mlenv(
+        &p.main,
+        &[
+            "policy",
+            "check",
+            conf_d.join("50-x.toml").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    fs::write(conf_d.join("50-x.toml"), "[limits]\nmax_memory = \"2G\"\n").unwrap();
+    let o = mlenv(
+        &p.main,
+        &[
+            "policy",
+            "check",
+            conf_d.join("50-x.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // And the set again, now valid.
+    assert!(mlenv(&p.main, &["policy", "check"]).status.success());
+}
+
+#[test]
+fn cli_errors_say_what_to_do() {
+    let p = Policy::write(None, "");
+    let o = mlenv(&p.main, &["ps"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no inventory at"), "{}", stderr(&o));
+    let o = mlenv(&p.main, &["history", "--since", "soon"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("invalid --since \"soon\": write a duration like 90s"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Twenty creates at once on one inventory: each waits its turn (busy timeout), none
+/// fails, every decision is recorded.
+#[test]
+fn concurrent_creates_all_recorded() {
+    let p = Policy::write(None, "");
+    let stand_in = p.dir.path().join("runtime");
+    fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
+    let body = fs::read_to_string(&p.main).unwrap();
+    fs::write(&p.main, format!("{body}[runtime]\npath = {stand_in:?}\n[limits]\nover_limit = \"clamp\"\nmax_pids = 100\n")).unwrap();
+    let spec = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/specs/docker-20.10-run.json"
+    ))
+    .unwrap();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let bundle = p.dir.path().join(format!("b{i}"));
+            fs::create_dir(&bundle).unwrap();
+            fs::write(bundle.join("config.json"), &spec).unwrap();
+            Command::new(RUNTIME)
+                .env("MLENV_CONFIG", &p.main)
+                .args(["--root", "/run/e2e-none", "create", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("c{i}"))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let h = p.history();
+    assert_eq!(h.len(), 20);
+    assert!(h.iter().all(|r| r["outcome"] == "admitted"
+        && r["effective"]["pids"] == 100
+        && r["requested"]["pids"] == 200));
+    assert_eq!(p.live().len(), 20);
+    let spec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(p.dir.path().join("b3/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        spec["linux"]["resources"]["pids"]["limit"], 100,
+        "docker's 200 clamped"
+    );
+}
