@@ -22,9 +22,10 @@ for a in $("$rootfs/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox
 tar -C "$rootfs" -c . | docker import - mlenv-busybox:demo >/dev/null
 rm -rf "$rootfs"
 
+rm -rf /run/mlenv-e2e/demo
 cat >"$MLENV_CONFIG" <<'TOML'
 [inventory]
-path = "/run/mlenv-e2e/inventory/mlenv.db"
+path = "/run/mlenv-e2e/demo/mlenv.db"
 
 [limits]
 over_limit = "refuse"
@@ -32,6 +33,16 @@ default_memory = "256M"
 max_memory = "1G"
 default_cpus = 1
 default_pids = 512
+
+[admission]
+# The build that just ran says nothing about this machine's load.
+max_load_per_cpu = false
+max_psi_cpu = false
+
+# At most 2 live containers in project "demo".
+[[quota]]
+project = "demo"
+max_containers = 2
 TOML
 echo "== policy ($MLENV_CONFIG)"
 $mlenv policy check | sed -n '1p'
@@ -47,6 +58,17 @@ set +e
 docker run --rm --runtime=mlenv -m 4g mlenv-busybox:demo true
 echo "docker run exited $?"
 set -e
+
+echo
+echo "== quota: a third container in project demo (max_containers = 2)"
+a=$(docker run -d --runtime=mlenv -e MLENV_PROJECT=demo mlenv-busybox:demo sleep 600)
+b=$(docker run -d --runtime=mlenv -e MLENV_PROJECT=demo mlenv-busybox:demo sleep 600)
+set +e
+docker run -d --runtime=mlenv -e MLENV_PROJECT=demo mlenv-busybox:demo sleep 600
+echo "docker run exited $?"
+set -e
+$mlenv ps
+docker rm -f "$a" "$b" >/dev/null
 
 echo
 echo "== mlenv history"

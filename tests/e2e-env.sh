@@ -39,6 +39,9 @@ start() {
 # Baseline policy of the e2e engines; tests overwrite this file.
 [inventory]
 path = "$run/inventory/mlenv.db"
+[admission]
+max_load_per_cpu = false
+max_psi_cpu = false
 TOML
     cat >"$run/daemon.json" <<JSON
 {

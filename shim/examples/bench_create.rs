@@ -117,33 +117,34 @@ fn main() {
         c.arg(&bundle).arg(id);
         c
     };
-    let delete = |id: &str| {
-        must(
-            Command::new(&runc)
-                .arg("--root")
-                .arg(&state)
-                .args(["delete", "--force", id]),
-        )
+    // Deletes go through the runtime that created (untimed), so that mlenv's
+    // inventory sees them as it does under an engine.
+    let delete = |bin: &Path, policy: Option<&Path>, id: &str| {
+        let mut c = Command::new(bin);
+        if let Some(p) = policy {
+            c.env("MLENV_CONFIG", p);
+        }
+        must(c.arg("--root").arg(&state).args(["delete", "--force", id]))
     };
 
     // Warm-up: page cache, inventory creation and migration.
     for i in 0..5 {
         let id = format!("warm{i}");
         timed(&mut create(&mlenv, Some(&no_edit), &id));
-        delete(&id);
+        delete(&mlenv, Some(&no_edit), &id);
     }
     let (mut t_runc, mut t_plain, mut t_limits) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let id = format!("r{i}");
         t_runc.push(timed(&mut create(&runc, None, &id)));
-        delete(&id);
+        delete(&runc, None, &id);
         let id = format!("p{i}");
         t_plain.push(timed(&mut create(&mlenv, Some(&no_edit), &id)));
-        delete(&id);
+        delete(&mlenv, Some(&no_edit), &id);
         fs::write(&cfg, &pristine).unwrap();
         let id = format!("l{i}");
         t_limits.push(timed(&mut create(&mlenv, Some(&limits), &id)));
-        delete(&id);
+        delete(&mlenv, Some(&limits), &id);
         fs::write(&cfg, &pristine).unwrap();
     }
     let (mut t_true, mut t_plain_true, mut t_limits_true) = (Vec::new(), Vec::new(), Vec::new());
@@ -151,7 +152,9 @@ fn main() {
         let id = format!("t{i}");
         t_true.push(timed(&mut create(&truebin, None, &id)));
         t_plain_true.push(timed(&mut create(&mlenv, Some(&no_edit_true), &id)));
+        delete(&mlenv, Some(&no_edit_true), &id);
         t_limits_true.push(timed(&mut create(&mlenv, Some(&limits_true), &id)));
+        delete(&mlenv, Some(&limits_true), &id);
         fs::write(&cfg, &pristine).unwrap();
     }
     println!(

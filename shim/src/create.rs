@@ -1,12 +1,14 @@
 //! What `mlenv-runtime create` does before handing over: load the policy, run the
 //! edits on config.json, decide, record, and say which runtime to exec.
 
+use crate::admission::{self, Check, Kind, Request};
 use crate::argv::Invocation;
 use crate::clock::Clock;
 use crate::edits::{self, EditLog};
+use crate::host::Host;
 use crate::inventory::{Decision, Inventory, InventoryError, Outcome};
 use crate::lowlevel::{self, LowLevelError};
-use crate::policy::{self, Loaded, OnInvalidPolicy, PolicyError};
+use crate::policy::{self, Loaded, OnError, OnInvalidPolicy, PolicyError};
 use crate::runclog::RuncLog;
 use crate::spec::{Spec, SpecError};
 use std::path::{Path, PathBuf};
@@ -77,13 +79,14 @@ pub fn policy_in_force(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Lo
     }
 }
 
-/// Runs a create up to the hand-over. Every decision that gets as far as a container
-/// id is recorded, errors included.
+/// Runs a create up to the hand-over: policy, edits, admission, record. Every decision
+/// that gets as far as a container id is recorded, errors included.
 pub fn prepare(
     inv: &Invocation,
     cwd: &Path,
     main: &Path,
     clock: &dyn Clock,
+    host: &dyn Host,
     log: &mut RuncLog,
 ) -> Result<Verdict, CreateError> {
     let now = clock.now_ms();
@@ -98,62 +101,160 @@ pub fn prepare(
 
     let mut decision = Decision::new(now, &id, &bundle);
     decision.root = inv.root.as_ref().map(|r| r.display().to_string());
-    let outcome = edit_and_decide(&bundle, &loaded, &mut decision);
-    let mut inventory = Inventory::open(&policy.inventory.path)?;
-    match outcome {
-        Ok(edits) => {
-            decision.detail = serde_json::json!({
-                "subcommand": inv.subcommand,
-                "runtime": runtime,
-                "policy_files": loaded.files,
-                "actions": edits.actions,
-                "refusals": edits.refusals,
-            });
-            inventory.record(&decision)?;
-            Ok(match decision.outcome {
-                Outcome::Admitted => Verdict::Admitted { runtime },
-                _ => Verdict::Refused(decision.reason),
-            })
-        }
+    let (spec, edits) = match edit(&bundle, policy, &mut decision) {
+        Ok(done) => done,
         Err(e) => {
             decision.outcome = Outcome::Error;
             decision.reason = e.to_string();
             decision.detail = serde_json::json!({ "subcommand": inv.subcommand });
             // The error is what the user must see; a failed record must not hide it.
-            let _ = inventory.record(&decision);
-            Err(e.into())
+            if let Ok(mut inventory) = Inventory::open(&policy.inventory.path) {
+                let _ = inventory.record(&decision);
+            }
+            return Err(e.into());
         }
+    };
+
+    // The host, once, before the transaction: its checks do not depend on the
+    // inventory, and the write lock is not held while /proc is read.
+    let a = &policy.admission;
+    let mut notes = Vec::new();
+    let probe = host.probe();
+    let host_checks = match &probe {
+        Ok(h) => admission::host_checks(a, h),
+        Err(e) => match a.on_error {
+            OnError::Refuse => vec![Check {
+                kind: Kind::Host,
+                passed: false,
+                text: format!("cannot check the host: {e} ([admission] on_error = \"refuse\")"),
+            }],
+            OnError::Admit => {
+                notes.push(format!(
+                    "host not checked: {e} ([admission] on_error = \"admit\")"
+                ));
+                Vec::new()
+            }
+        },
+    };
+    let request = Request {
+        uid: decision.uid,
+        project: decision.project.clone(),
+        memory: edits.effective.memory,
+        cpus: edits.effective.cpus,
+    };
+    let creator = host
+        .process_start(std::process::id())
+        .map(|start| (std::process::id(), start));
+
+    let recorded = Inventory::open(&policy.inventory.path).and_then(|mut inventory| {
+        inventory.admit(&mut decision, creator, host, |usage, d| {
+            let mut checks = host_checks.clone();
+            if let Ok(h) = &probe {
+                checks.extend(admission::reservation_checks(a, h, &usage.all, &request));
+            }
+            checks.extend(admission::quota_checks(policy, usage, &request));
+            let failed: Vec<&str> = edits
+                .refusals
+                .iter()
+                .map(String::as_str)
+                .chain(checks.iter().filter(|c| !c.passed).map(|c| c.text.as_str()))
+                .collect();
+            if failed.is_empty() {
+                d.outcome = Outcome::Admitted;
+                let said: Vec<&str> = edits
+                    .actions
+                    .iter()
+                    .chain(&notes)
+                    .map(String::as_str)
+                    .collect();
+                d.reason = if said.is_empty() {
+                    "admitted".into()
+                } else {
+                    format!("admitted: {}", said.join("; "))
+                };
+            } else {
+                d.outcome = Outcome::Refused;
+                d.reason = failed.join("; ");
+            }
+            d.detail = serde_json::json!({
+                "subcommand": inv.subcommand,
+                "runtime": runtime,
+                "policy_files": loaded.files,
+                "actions": edits.actions,
+                "refusals": edits.refusals,
+                "checks": checks,
+                "notes": notes,
+                "host": probe.as_ref().ok(),
+                "usage": usage,
+            });
+            // Capacity refusals are worth a second look once dead containers are
+            // dropped; limits and host thresholds are not.
+            checks.iter().any(|c| !c.passed && c.kind != Kind::Host)
+        })?;
+        Ok(inventory)
+    });
+    let mut inventory = match recorded {
+        Ok(inventory) => inventory,
+        Err(e) => {
+            let clean = edits.refusals.is_empty() && host_checks.iter().all(|c| c.passed);
+            if a.on_error == OnError::Admit && clean {
+                let msg = format!(
+                    "mlenv: warning: admitted without quotas or reservations and not recorded: {e} ([admission] on_error = \"admit\")"
+                );
+                log.warn(&msg, now);
+                keep_unrecorded(&policy.inventory.path, &id, &msg, now);
+                if edits.changed {
+                    spec.save()?;
+                }
+                return Ok(Verdict::Admitted { runtime });
+            }
+            return Err(e.into());
+        }
+    };
+    if decision.outcome != Outcome::Admitted {
+        return Ok(Verdict::Refused(decision.reason));
+    }
+    if edits.changed {
+        if let Err(e) = spec.save() {
+            let _ = inventory.end(
+                &id,
+                decision.root.as_deref(),
+                now,
+                "config.json not written",
+            );
+            return Err(e.into());
+        }
+    }
+    Ok(Verdict::Admitted { runtime })
+}
+
+/// A line kept beside the inventory for a decision the inventory could not take.
+/// Best effort: the inventory's directory may be what failed.
+fn keep_unrecorded(inventory: &Path, id: &str, msg: &str, now_ms: i64) {
+    use std::io::Write;
+    let path = inventory.with_file_name("unrecorded.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{} {id} {msg}", crate::clock::rfc3339(now_ms));
     }
 }
 
-/// Reads the spec, runs the edits, fills in the decision and, when admitted, writes
-/// the spec back.
-fn edit_and_decide(
+/// Reads the spec and runs the edits; fills in who asks and what.
+fn edit(
     bundle: &Path,
-    loaded: &Loaded,
+    policy: &crate::policy::Policy,
     decision: &mut Decision,
-) -> Result<EditLog, SpecError> {
+) -> Result<(Spec, EditLog), SpecError> {
     let mut spec = Spec::load(bundle)?;
     (decision.uid, decision.gid) = spec.user();
     decision.project = spec.env("MLENV_PROJECT").map(str::to_string);
-    let edits = edits::apply_all(&mut spec, &loaded.policy)?;
+    let edits = edits::apply_all(&mut spec, policy)?;
     decision.requested = edits.requested;
     decision.effective = edits.effective;
-    if edits.refusals.is_empty() {
-        if edits.changed {
-            spec.save()?;
-        }
-        decision.outcome = Outcome::Admitted;
-        decision.reason = if edits.actions.is_empty() {
-            "admitted".into()
-        } else {
-            format!("admitted: {}", edits.actions.join("; "))
-        };
-    } else {
-        decision.outcome = Outcome::Refused;
-        decision.reason = edits.refusals.join("; ");
-    }
-    Ok(edits)
+    Ok((spec, edits))
 }
 
 /// After a successful `delete` (or a foreground `run` that returned), the container no
@@ -239,6 +340,13 @@ mod tests {
         scan(&args)
     }
 
+    fn host() -> crate::host::ProcHost {
+        // A roomy fixture host; its directory lives for the test run.
+        let (dir, host) = crate::host::tests::fixture(&[]);
+        std::mem::forget(dir);
+        host
+    }
+
     fn spec() -> serde_json::Value {
         serde_json::json!({
             "process": {"user": {"uid": 1000, "gid": 1000}, "env": ["MLENV_PROJECT=vision"]},
@@ -258,6 +366,7 @@ mod tests {
             Path::new("/"),
             &f.main,
             &FixedClock(5),
+            &host(),
             &mut log,
         )
         .unwrap();
@@ -309,6 +418,7 @@ mod tests {
             Path::new("/"),
             &f.main,
             &FixedClock(5),
+            &host(),
             &mut log,
         )
         .unwrap();
@@ -331,6 +441,7 @@ mod tests {
             Path::new("/"),
             &f.main,
             &FixedClock(5),
+            &host(),
             &mut log,
         )
         .unwrap();
@@ -342,6 +453,7 @@ mod tests {
             Path::new("/"),
             &f.main,
             &FixedClock(5),
+            &host(),
             &mut log,
         )
         .unwrap_err()
@@ -365,6 +477,7 @@ mod tests {
             Path::new("/"),
             &f.main,
             &FixedClock(5),
+            &host(),
             &mut log,
         )
         .unwrap();
@@ -385,6 +498,7 @@ mod tests {
             Path::new("/"),
             &f.main,
             &FixedClock(5),
+            &host(),
             &mut log,
         )
         .unwrap_err()
@@ -401,10 +515,188 @@ mod tests {
         let f = fixture("", spec());
         let mut log = RuncLog::stderr_only();
         let inv = invocation(&f, "c7");
-        prepare(&inv, Path::new("/"), &f.main, &FixedClock(5), &mut log).unwrap();
+        prepare(
+            &inv,
+            Path::new("/"),
+            &f.main,
+            &FixedClock(5),
+            &host(),
+            &mut log,
+        )
+        .unwrap();
         let del = scan(&["--root", "/run/r", "delete", "--force", "c7"].map(OsString::from));
         record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap();
         let db = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         assert!(db.live().unwrap().is_empty());
+    }
+
+    #[test]
+    fn project_quota_counts_live_containers_and_drops_dead_ones() {
+        let f = fixture(
+            "[[quota]]\nproject = \"vision\"\nmax_containers = 1\n",
+            spec(),
+        );
+        let state = r#"{"init_process_pid":77,"init_process_start":5000}"#;
+        let stat = "77 (sleep) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5000 0 0\n";
+        let (dir, host) =
+            crate::host::tests::fixture(&[("run/r/c1/state.json", state), ("proc/77/stat", stat)]);
+        let mut log = RuncLog::stderr_only();
+        let mut create = |id: &str| {
+            prepare(
+                &invocation(&f, id),
+                Path::new("/"),
+                &f.main,
+                &FixedClock(5),
+                &host,
+                &mut log,
+            )
+            .unwrap()
+        };
+        assert!(matches!(create("c1"), Verdict::Admitted { .. }));
+        assert_eq!(
+            create("c2"),
+            Verdict::Refused("quota project=vision: 1 of 1 containers live".into())
+        );
+        // c1's process dies without a delete: the next create finds out and admits.
+        fs::remove_file(dir.path().join("proc/77/stat")).unwrap();
+        assert!(matches!(create("c3"), Verdict::Admitted { .. }));
+        let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
+        let live: Vec<String> = inv
+            .live()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.container_id)
+            .collect();
+        assert_eq!(live, ["c3"]);
+        // The refusal's record has every check with its values.
+        let d = inv.find("c2").unwrap().unwrap();
+        let checks = d.detail["checks"].as_array().unwrap();
+        assert!(checks
+            .iter()
+            .any(|c| c["kind"] == "host" && c["passed"] == true));
+        assert!(checks.iter().any(
+            |c| c["text"] == "quota project=vision: 1 of 1 containers live" && c["passed"] == false
+        ));
+    }
+
+    #[test]
+    fn host_threshold_refuses_with_value_threshold_and_key() {
+        let f = fixture("[admission]\nmax_memory_percent = 50\n", spec());
+        let mut log = RuncLog::stderr_only();
+        let v = prepare(
+            &invocation(&f, "h1"),
+            Path::new("/"),
+            &f.main,
+            &FixedClock(5),
+            &host(),
+            &mut log,
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Refused("host memory 75% used > 50% ([admission] max_memory_percent)".into())
+        );
+        // Limits and host clauses together, limits first.
+        let f = fixture(
+            "[admission]\nmax_memory_percent = 50\n[limits]\nmax_memory = \"1G\"\n",
+            spec(),
+        );
+        let v = prepare(
+            &invocation(&f, "h2"),
+            Path::new("/"),
+            &f.main,
+            &FixedClock(5),
+            &host(),
+            &mut log,
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Refused(
+                "memory limit 2G requested > 1G allowed ([limits] max_memory); host memory 75% used > 50% ([admission] max_memory_percent)".into()
+            )
+        );
+    }
+
+    #[test]
+    fn on_error_decides_when_the_probe_or_inventory_fails() {
+        let (d, broken) = crate::host::tests::fixture(&[]);
+        fs::remove_file(d.path().join("proc/meminfo")).unwrap();
+        let mut log = RuncLog::stderr_only();
+        let f = fixture("", spec());
+        match prepare(
+            &invocation(&f, "e1"),
+            Path::new("/"),
+            &f.main,
+            &FixedClock(5),
+            &broken,
+            &mut log,
+        )
+        .unwrap()
+        {
+            Verdict::Refused(r) => {
+                assert!(r.starts_with("cannot check the host: cannot read "), "{r}");
+                assert!(r.ends_with("([admission] on_error = \"refuse\")"), "{r}");
+            }
+            v => panic!("{v:?}"),
+        }
+        let f = fixture("[admission]\non_error = \"admit\"\n", spec());
+        assert!(matches!(
+            prepare(
+                &invocation(&f, "e2"),
+                Path::new("/"),
+                &f.main,
+                &FixedClock(5),
+                &broken,
+                &mut log
+            )
+            .unwrap(),
+            Verdict::Admitted { .. }
+        ));
+        let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
+        let r = inv.find("e2").unwrap().unwrap().reason;
+        assert!(r.contains("host not checked: cannot read "), "{r}");
+
+        // An inventory that cannot be opened: refused with the error, or admitted.
+        let blocked = |extra: &str| {
+            let f = fixture(extra, spec());
+            let text = fs::read_to_string(&f.main).unwrap();
+            let file = f.dir.path().join("file");
+            fs::write(&file, "").unwrap();
+            let text = text.replace(
+                &format!("{:?}", f.dir.path().join("inv/mlenv.db")),
+                &format!("{:?}", file.join("mlenv.db")),
+            );
+            fs::write(&f.main, text).unwrap();
+            f
+        };
+        let f = blocked("");
+        let err = prepare(
+            &invocation(&f, "e3"),
+            Path::new("/"),
+            &f.main,
+            &FixedClock(5),
+            &host(),
+            &mut log,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot create inventory directory"),
+            "{err}"
+        );
+        let f = blocked("[admission]\non_error = \"admit\"\n");
+        assert!(matches!(
+            prepare(
+                &invocation(&f, "e4"),
+                Path::new("/"),
+                &f.main,
+                &FixedClock(5),
+                &host(),
+                &mut log
+            )
+            .unwrap(),
+            Verdict::Admitted { .. }
+        ));
     }
 }

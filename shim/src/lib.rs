@@ -5,12 +5,15 @@
 //! inventory and execs the low-level runtime with the original argv. Every other
 //! subcommand passes straight through.
 
+pub mod admission;
 pub mod argv;
 pub mod clock;
 pub mod create;
 pub mod edits;
 pub mod fsutil;
+pub mod host;
 pub mod inventory;
+pub mod liveness;
 pub mod lowlevel;
 pub mod policy;
 pub mod runclog;

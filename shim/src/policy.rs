@@ -5,7 +5,7 @@
 //! naming the file, the line and the key. There is no daemon: every create loads the
 //! policy afresh, so a change applies to the next container.
 
-use crate::units::{ByteSize, Cpus, Pids};
+use crate::units::{ByteSize, Cpus, Percent, Pids, Positive, Switch};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -26,6 +26,11 @@ pub struct Policy {
     pub runtime: RuntimeSection,
     pub inventory: InventorySection,
     pub limits: LimitsSection,
+    pub admission: AdmissionSection,
+    /// `[[quota]]` blocks. Drop-ins add blocks; a block for the same user, project or
+    /// `others` replaces the earlier one.
+    #[serde(rename = "quota", skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<Quota>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +99,102 @@ pub struct LimitsSection {
     pub default_pids: Option<Pids>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pids: Option<Pids>,
+}
+
+/// Whether the host can take one more container. Every threshold can be switched off
+/// with `false`; the defaults protect a shared server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// What happens when the host probe or the inventory fails.
+    pub on_error: OnError,
+    /// Refuse while more than this percentage of host memory is in use.
+    pub max_memory_percent: Switch<Percent>,
+    /// Refuse while less than this much memory is available.
+    pub min_available_memory: Switch<ByteSize>,
+    /// Refuse while the one-minute load average per usable CPU is above this.
+    pub max_load_per_cpu: Switch<Positive>,
+    /// Refuse while PSI `some avg10` is above this percentage.
+    pub max_psi_cpu: Switch<Percent>,
+    pub max_psi_memory: Switch<Percent>,
+    pub max_psi_io: Switch<Percent>,
+    /// The memory limits of live containers plus this one must fit in
+    /// MemTotal x memory_overcommit - reserved_memory.
+    pub memory_overcommit: Switch<Positive>,
+    pub reserved_memory: ByteSize,
+    /// The same for CPU limits against the usable CPUs.
+    pub cpu_overcommit: Switch<Positive>,
+    pub reserved_cpus: f64,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        AdmissionSection {
+            on_error: OnError::Refuse,
+            max_memory_percent: Switch::On(Percent(85.0)),
+            min_available_memory: Switch::On(ByteSize(4 << 30)),
+            max_load_per_cpu: Switch::On(Positive(2.0)),
+            max_psi_cpu: Switch::On(Percent(90.0)),
+            max_psi_memory: Switch::On(Percent(20.0)),
+            max_psi_io: Switch::Off,
+            memory_overcommit: Switch::On(Positive(1.0)),
+            reserved_memory: ByteSize(2 << 30),
+            cpu_overcommit: Switch::On(Positive(1.0)),
+            reserved_cpus: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// A failed probe or inventory refuses the container.
+    #[default]
+    Refuse,
+    /// It is admitted without the checks that could not run.
+    Admit,
+}
+
+/// A user, by uid or by name (resolved on this host when the policy loads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UserRef {
+    Uid(u32),
+    Name(String),
+}
+
+/// Limits on the sum over live containers of one user, one project, or (`others`)
+/// each user that no user block names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub others: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_containers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<Cpus>,
+    /// The uid `user` names, filled in when the policy loads.
+    #[serde(skip)]
+    pub uid: Option<u32>,
+}
+
+impl Quota {
+    /// How the block is named in messages: `user=1000`, `project=vision`, `others`.
+    pub fn selector(&self) -> String {
+        match (&self.user, &self.project) {
+            (Some(UserRef::Uid(u)), _) => format!("user={u}"),
+            (Some(UserRef::Name(n)), _) => format!("user={n}"),
+            (None, Some(p)) => format!("project={p}"),
+            (None, None) => "others".into(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,11 +311,17 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
     }
 }
 
-/// Later tables win key by key; nested tables merge.
+/// Later tables win key by key; nested tables merge; arrays of tables (`[[quota]]`)
+/// add up.
 fn merge(into: &mut toml::Table, from: toml::Table) {
     for (k, v) in from {
         match (into.get_mut(&k), v) {
             (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (Some(toml::Value::Array(a)), toml::Value::Array(b))
+                if b.iter().all(toml::Value::is_table) =>
+            {
+                a.extend(b)
+            }
             (_, v) => {
                 into.insert(k, v);
             }
@@ -244,7 +351,7 @@ pub fn load(main: &Path) -> Result<Loaded, PolicyError> {
             .collect::<Vec<_>>()
             .join(" + ")
     };
-    let policy =
+    let mut policy =
         Policy::deserialize(toml::Value::Table(merged)).map_err(|e| PolicyError::Invalid {
             files: names(),
             message: e.message().trim().to_string(),
@@ -257,8 +364,45 @@ pub fn load(main: &Path) -> Result<Loaded, PolicyError> {
 }
 
 impl Policy {
-    /// Checks that span keys (a default above its maximum).
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that span keys (a default above its maximum, quota blocks), resolves
+    /// user names in quotas, and keeps the last block of each selector.
+    pub fn validate(&mut self) -> Result<(), String> {
+        let mut seen: Vec<String> = Vec::new();
+        let mut kept: Vec<Quota> = Vec::new();
+        for mut q in std::mem::take(&mut self.quotas).into_iter().rev() {
+            let selectors = usize::from(q.user.is_some())
+                + usize::from(q.project.is_some())
+                + usize::from(q.others);
+            if selectors != 1 {
+                return Err(format!(
+                    "[[quota]] {}: give exactly one of user, project or others = true",
+                    q.selector()
+                ));
+            }
+            if q.max_containers.is_none() && q.max_memory.is_none() && q.max_cpus.is_none() {
+                return Err(format!(
+                    "[[quota]] {}: set at least one of max_containers, max_memory, max_cpus",
+                    q.selector()
+                ));
+            }
+            q.uid = match &q.user {
+                Some(UserRef::Uid(u)) => Some(*u),
+                Some(UserRef::Name(n)) => Some(lookup_user(n).ok_or_else(|| {
+                    format!("[[quota]] user={n}: no such user on this host; give a uid")
+                })?),
+                None => None,
+            };
+            let sel = match q.uid {
+                Some(u) => format!("user={u}"),
+                None => q.selector(),
+            };
+            if !seen.contains(&sel) {
+                seen.push(sel);
+                kept.push(q);
+            }
+        }
+        kept.reverse();
+        self.quotas = kept;
         let l = &self.limits;
         fn pair<T: PartialOrd + std::fmt::Display>(
             d: Option<T>,
@@ -279,10 +423,31 @@ impl Policy {
         Ok(())
     }
 
+    /// The quota blocks that apply to a container of `uid` in `project`: the user's
+    /// own block or `others`, and the project's block.
+    pub fn quotas_for(&self, uid: u32, project: Option<&str>) -> Vec<&Quota> {
+        let mut out = Vec::new();
+        match self.quotas.iter().find(|q| q.uid == Some(uid)) {
+            Some(q) => out.push(q),
+            None => out.extend(self.quotas.iter().find(|q| q.others)),
+        }
+        if let Some(p) = project {
+            out.extend(self.quotas.iter().find(|q| q.project.as_deref() == Some(p)));
+        }
+        out
+    }
+
     /// The policy as TOML, as `policy check` shows it and last-known-good keeps it.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
+}
+
+fn lookup_user(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
 }
 
 /// What can be read from policy files that may not validate: the keys a passthrough
@@ -409,11 +574,33 @@ mod tests {
         full.limits.max_cpus = Some(Cpus(1.0));
         full.limits.default_pids = Some(Pids(1));
         full.limits.max_pids = Some(Pids(1));
+        full.quotas.push(Quota {
+            project: Some("p".into()),
+            max_containers: Some(1),
+            max_memory: Some(ByteSize(1)),
+            max_cpus: Some(Cpus(1.0)),
+            ..Quota::default()
+        });
+        full.quotas.push(Quota {
+            user: Some(UserRef::Uid(1)),
+            others: true,
+            ..Quota::default()
+        });
         let table: toml::Table = toml::from_str(&full.to_toml()).unwrap();
         for (key, value) in &table {
-            match value.as_table() {
+            let (section, heading) = match value {
+                toml::Value::Table(t) => (Some(t.clone()), format!("## `[{key}]`")),
+                toml::Value::Array(a) => {
+                    let mut merged = toml::Table::new();
+                    for t in a.iter().filter_map(|v| v.as_table()) {
+                        merged.extend(t.clone());
+                    }
+                    (Some(merged), format!("## `[[{key}]]`"))
+                }
+                _ => (None, String::new()),
+            };
+            match section {
                 Some(section) => {
-                    let heading = format!("## `[{key}]`");
                     let start = doc
                         .find(&heading)
                         .unwrap_or_else(|| panic!("no {heading} in docs/policy.md"));
@@ -440,6 +627,11 @@ mod tests {
         let l = load(main).unwrap();
         assert_eq!(l.policy.limits.default_memory, Some(ByteSize(16 << 30)));
         assert_eq!(l.policy.on_invalid_policy, OnInvalidPolicy::Refuse);
+        assert_eq!(
+            l.policy.admission,
+            AdmissionSection::default(),
+            "shipped = built-in admission defaults"
+        );
     }
 
     #[test]

@@ -230,3 +230,151 @@ mod tests {
         assert_eq!(Cpus(0.25).to_string(), "0.25");
     }
 }
+
+/// A positive number (a ratio such as an overcommit factor, or load per CPU).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+pub struct Positive(pub f64);
+
+/// A percentage, 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+pub struct Percent(pub f64);
+
+macro_rules! bounded_float {
+    ($t:ident, $expect:literal, $ok:expr, $why:literal) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expect)
+                    }
+                    fn visit_f64<E: de::Error>(self, v: f64) -> Result<$t, E> {
+                        let ok: fn(f64) -> bool = $ok;
+                        if v.is_finite() && ok(v) {
+                            Ok($t(v))
+                        } else {
+                            Err(E::custom(format!(concat!("invalid value {}: ", $why), v)))
+                        }
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$t, E> {
+                        self.visit_f64(v as f64)
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$t, E> {
+                        self.visit_f64(v as f64)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&Cpus(self.0), f)
+            }
+        }
+    };
+}
+
+bounded_float!(Positive, "a number above 0", |v| v > 0.0, "must be above 0");
+bounded_float!(
+    Percent,
+    "a percentage from 0 to 100",
+    |v| (0.0..=100.0).contains(&v),
+    "must be from 0 to 100"
+);
+
+/// A threshold an admin can switch off: a value, or `false`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Switch<T> {
+    Off,
+    On(T),
+}
+
+impl<T: Copy> Switch<T> {
+    pub fn get(&self) -> Option<T> {
+        match self {
+            Switch::Off => None,
+            Switch::On(v) => Some(*v),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Switch<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Switch::Off => s.serialize_bool(false),
+            Switch::On(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Switch<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::{
+            F64Deserializer, I64Deserializer, StrDeserializer, U64Deserializer,
+        };
+        use std::marker::PhantomData;
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Switch<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a threshold, or false to switch the check off")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Switch<T>, E> {
+                if v {
+                    Err(E::custom(
+                        "true is not a threshold: write a value, or false to switch the check off",
+                    ))
+                } else {
+                    Ok(Switch::Off)
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Switch<T>, E> {
+                T::deserialize(I64Deserializer::<E>::new(v)).map(Switch::On)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Switch<T>, E> {
+                T::deserialize(U64Deserializer::<E>::new(v)).map(Switch::On)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Switch<T>, E> {
+                T::deserialize(F64Deserializer::<E>::new(v)).map(Switch::On)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Switch<T>, E> {
+                T::deserialize(StrDeserializer::<E>::new(v)).map(Switch::On)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod switch_tests {
+    use super::*;
+
+    #[derive(Deserialize, Serialize, Debug)]
+    struct T {
+        a: Switch<ByteSize>,
+        b: Switch<Percent>,
+        c: Switch<Positive>,
+    }
+
+    #[test]
+    fn switches_parse_values_and_false() {
+        let t: T = toml::from_str("a = \"4G\"\nb = 85\nc = 1.5\n").unwrap();
+        assert_eq!(t.a, Switch::On(ByteSize(4 << 30)));
+        assert_eq!(t.b, Switch::On(Percent(85.0)));
+        assert_eq!(t.c, Switch::On(Positive(1.5)));
+        let t: T = toml::from_str("a = false\nb = false\nc = false\n").unwrap();
+        assert_eq!((t.a, t.b, t.c), (Switch::Off, Switch::Off, Switch::Off));
+        let back: toml::Table = toml::from_str(&toml::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back["a"], toml::Value::Boolean(false));
+        for (text, want) in [
+            ("a = true\nb = 1\nc = 1\n", "true is not a threshold"),
+            ("a = \"4Q\"\nb = 1\nc = 1\n", "invalid size \"4Q\""),
+            ("a = 1\nb = 101\nc = 1\n", "must be from 0 to 100"),
+            ("a = 1\nb = 1\nc = 0\n", "must be above 0"),
+        ] {
+            let err = toml::from_str::<T>(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}

@@ -81,7 +81,8 @@ fn cli_errors_say_what_to_do() {
 }
 
 /// Twenty creates at once on one inventory: each waits its turn (busy timeout), none
-/// fails, every decision is recorded.
+/// fails, every decision is recorded. (Reservations are off: the fixture asks for
+/// 1.5 CPUs each.)
 #[test]
 fn concurrent_creates_all_recorded() {
     let p = Policy::write(None, "");
@@ -89,7 +90,8 @@ fn concurrent_creates_all_recorded() {
     fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
     fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
     let body = fs::read_to_string(&p.main).unwrap();
-    fs::write(&p.main, format!("{body}[runtime]\npath = {stand_in:?}\n[limits]\nover_limit = \"clamp\"\nmax_pids = 100\n")).unwrap();
+    fs::write(&p.main, format!("{body}[runtime]\npath = {stand_in:?}\n[limits]\nover_limit = \"clamp\"\nmax_pids = 100\n\
+         [admission]\nmemory_overcommit = false\ncpu_overcommit = false\n")).unwrap();
     let spec = fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/fixtures/specs/docker-20.10-run.json"
@@ -117,7 +119,9 @@ fn concurrent_creates_all_recorded() {
     assert!(h.iter().all(|r| r["outcome"] == "admitted"
         && r["effective"]["pids"] == 100
         && r["requested"]["pids"] == 200));
-    assert_eq!(p.live().len(), 20);
+    // The stand-in created nothing and has exited: `mlenv ps` checks each against the
+    // runtime's state, finds none, and drops them.
+    assert!(p.live().is_empty());
     let spec: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(p.dir.path().join("b3/config.json")).unwrap())
             .unwrap();

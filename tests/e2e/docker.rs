@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 const ENV: &[&str] = &["MLENV_E2E_DOCKER_HOST", "MLENV_E2E_POLICY"];
 
-fn docker_cmd(args: &[&str]) -> Command {
+pub fn docker_cmd(args: &[&str]) -> Command {
     let mut c = Command::new("docker");
     c.env(
         "DOCKER_HOST",
@@ -18,7 +18,7 @@ fn docker_cmd(args: &[&str]) -> Command {
 }
 
 #[track_caller]
-fn docker(args: &[&str]) -> String {
+pub fn docker(args: &[&str]) -> String {
     ok(&mut docker_cmd(args)).trim().to_string()
 }
 
@@ -40,7 +40,7 @@ fn image() {
 
 /// Takes the engines for this test: the lock, the image, and a policy of its own at
 /// the path the engines read.
-fn engine(
+pub fn engine(
     test: &str,
     tools: &[&str],
     body: &str,

@@ -5,6 +5,7 @@
 //! `tests/e2e-env.sh start` (which `.ci/run` does). Without them a test says it is
 //! skipped and why, unless MLENV_E2E_REQUIRED=1 (set by CI), where that is a failure.
 
+mod admission;
 mod cli;
 mod containerd;
 mod docker;

@@ -228,3 +228,76 @@ fn podman_style_call_without_log_flag() {
         "mlenv: refused: pids limit 100 requested > 10 allowed ([limits] max_pids)"
     );
 }
+
+/// A container whose process dies without a delete (a killed engine or shim) stops
+/// counting: the next create that would be refused checks, and admits.
+#[test]
+fn killed_container_stops_counting() {
+    if !require("killed_container", &["runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(None, "[[quota]]\nproject = \"crash\"\nmax_containers = 1\n");
+    let rt = Rt::new(&policy);
+    let create = |name: &str| {
+        let b = policy.dir.path().join(name);
+        bundle(&b, &["sleep", "600"], json!({}));
+        let cfg = b.join("config.json");
+        let mut spec: Value = serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+        spec["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("MLENV_PROJECT=crash"));
+        fs::write(&cfg, spec.to_string()).unwrap();
+        let pid_file = policy.dir.path().join(format!("{name}.pid"));
+        // stderr to a file: the container's init inherits it and would hold a pipe open.
+        let err_file = policy.dir.path().join(format!("{name}.stderr"));
+        let status = rt
+            .cmd(&[
+                "create",
+                "--bundle",
+                b.to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                name,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err_file).unwrap())
+            .status()
+            .unwrap();
+        (status, fs::read_to_string(&err_file).unwrap(), pid_file)
+    };
+    let (first, err, pid_file) = create("crash-a");
+    assert!(first.success(), "{err}");
+    let (second, err, _) = create("crash-b");
+    assert_eq!(second.code(), Some(1));
+    assert_eq!(
+        err.trim(),
+        "mlenv: refused: quota project=crash: 1 of 1 containers live"
+    );
+
+    let pid = fs::read_to_string(&pid_file).unwrap();
+    ok(Command::new("kill").args(["-9", pid.trim()]));
+    let mut dead = false;
+    for _ in 0..200 {
+        if rt.status("crash-a").as_deref() == Some("stopped") {
+            dead = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(dead, "init process did not die");
+
+    let (third, err, _) = create("crash-c");
+    assert!(third.success(), "{err}");
+    let live: Vec<String> = policy
+        .live()
+        .iter()
+        .map(|l| l["container_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(live, ["crash-c"]);
+    for id in ["crash-a", "crash-c"] {
+        ok(&mut rt.cmd(&["delete", "--force", id]));
+    }
+    assert!(policy.live().is_empty());
+}

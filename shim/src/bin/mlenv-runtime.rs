@@ -3,6 +3,7 @@
 use mlenv::argv::{self, Command};
 use mlenv::clock::{Clock, SystemClock};
 use mlenv::create::{self, Verdict};
+use mlenv::host::ProcHost;
 use mlenv::runclog::RuncLog;
 use mlenv::{lowlevel, policy};
 use std::ffi::OsString;
@@ -72,7 +73,7 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         }
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    match create::prepare(inv, &cwd, main, &clock, &mut log) {
+    match create::prepare(inv, &cwd, main, &clock, &ProcHost::default(), &mut log) {
         Ok(Verdict::Admitted { runtime })
             if inv.subcommand.as_deref() == Some("run") && !inv.detach =>
         {

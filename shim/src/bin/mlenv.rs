@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use mlenv::clock::{age, parse_duration, Clock, SystemClock};
 use mlenv::edits::Limits;
+use mlenv::host::ProcHost;
 use mlenv::inventory::{Decision, Inventory};
 use mlenv::policy::{self, Policy};
 use mlenv::units::{ByteSize, Cpus};
@@ -86,7 +87,7 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
             policy::parse_file(f, &text)
                 .map_err(|e| e.to_string())
                 .and_then(|t| {
-                    let p: Policy = toml::Value::Table(t)
+                    let mut p: Policy = toml::Value::Table(t)
                         .try_into()
                         .map_err(|e: toml::de::Error| e.to_string())?;
                     p.validate()?;
@@ -191,7 +192,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn ps(json: bool) -> Result<ExitCode, String> {
-    let inv = open_inventory()?;
+    let mut inv = open_inventory()?;
+    // Drop containers whose process is gone before listing (needs write access).
+    if let Err(e) = inv.reconcile(&ProcHost::default(), SystemClock.now_ms()) {
+        eprintln!("mlenv: warning: live containers not checked: {e}");
+    }
     let live = inv.live().map_err(|e| e.to_string())?;
     if json {
         return json_out(&live);
@@ -301,7 +306,13 @@ fn explain(id: &str, json: bool) -> Result<ExitCode, String> {
             }
         );
     }
-    for key in ["actions", "refusals"] {
+    if let Some(checks) = d.detail.get("checks").and_then(|v| v.as_array()) {
+        for c in checks {
+            let mark = if c["passed"] == true { "ok  " } else { "FAIL" };
+            println!("check      {mark}  {}", c["text"].as_str().unwrap_or(""));
+        }
+    }
+    for key in ["actions", "refusals", "notes"] {
         if let Some(items) = d.detail.get(key).and_then(|v| v.as_array()) {
             for item in items.iter().filter_map(|i| i.as_str()) {
                 println!("{:<10} {item}", &key[..key.len() - 1]);

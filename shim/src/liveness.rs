@@ -1,0 +1,152 @@
+//! Whether a container the inventory counts still lives, asked of the low-level
+//! runtime's own state and the process table, never of the engine.
+
+use crate::host::Host;
+use std::path::Path;
+
+/// runc's and crun's state roots when the engine passes no `--root`.
+pub const DEFAULT_ROOTS: &[&str] = &["/run/runc", "/run/crun"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its init process runs (or waits to be started).
+    Alive,
+    /// No runtime state yet, but the process creating it is still at work.
+    Creating,
+    /// Gone, and why.
+    Gone(&'static str),
+}
+
+/// What the inventory keeps to tell: the container and the process that created it
+/// (pid and start time, so that a reused pid is not mistaken for it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub container_id: String,
+    pub root: Option<String>,
+    pub creator: Option<(u32, u64)>,
+}
+
+pub fn check(host: &dyn Host, t: &Tracked) -> Liveness {
+    let roots: Vec<&str> = match &t.root {
+        Some(r) => vec![r.as_str()],
+        None => DEFAULT_ROOTS.to_vec(),
+    };
+    for root in roots {
+        let dir = Path::new(root).join(&t.container_id);
+        if let Some(text) = host.read(&dir.join("state.json")) {
+            // runc: the init process and its start time.
+            let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return Liveness::Alive; // being rewritten: runc replaces it atomically
+            };
+            let pid = state["init_process_pid"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok());
+            let start = state["init_process_start"].as_u64();
+            return match (pid, start) {
+                (Some(pid), Some(start)) if host.process_start(pid) == Some(start) => {
+                    Liveness::Alive
+                }
+                (Some(_), Some(_)) => Liveness::Gone("its process is gone"),
+                _ => Liveness::Alive,
+            };
+        }
+        if host.read(&dir.join("status")).is_some() {
+            // crun keeps a status file; its process is not checked.
+            return Liveness::Alive;
+        }
+    }
+    match t.creator {
+        Some((pid, start)) if host.process_start(pid) == Some(start) => Liveness::Creating,
+        _ => Liveness::Gone("no runtime state"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::tests::fixture;
+
+    fn tracked(root: Option<&str>, creator: Option<(u32, u64)>) -> Tracked {
+        Tracked {
+            container_id: "c1".into(),
+            root: root.map(str::to_string),
+            creator,
+        }
+    }
+
+    fn stat(start: u64) -> String {
+        format!("77 (runc:[2:INIT]) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10\n")
+    }
+
+    #[test]
+    fn table() {
+        let state = r#"{"id":"c1","init_process_pid":77,"init_process_start":5000}"#;
+        type Row = (Vec<(&'static str, String)>, Tracked, Liveness);
+        let rows: Vec<Row> = vec![
+            // runc state with its init process running.
+            (
+                vec![
+                    ("r/c1/state.json", state.into()),
+                    ("proc/77/stat", stat(5000)),
+                ],
+                tracked(Some("/r"), None),
+                Liveness::Alive,
+            ),
+            // The pid was reused by another process: gone.
+            (
+                vec![
+                    ("r/c1/state.json", state.into()),
+                    ("proc/77/stat", stat(9999)),
+                ],
+                tracked(Some("/r"), None),
+                Liveness::Gone("its process is gone"),
+            ),
+            (
+                vec![("r/c1/state.json", state.into())],
+                tracked(Some("/r"), None),
+                Liveness::Gone("its process is gone"),
+            ),
+            // No --root: runc's default root.
+            (
+                vec![
+                    ("run/runc/c1/state.json", state.into()),
+                    ("proc/77/stat", stat(5000)),
+                ],
+                tracked(None, None),
+                Liveness::Alive,
+            ),
+            (
+                vec![("run/crun/c1/status", "running".into())],
+                tracked(None, None),
+                Liveness::Alive,
+            ),
+            // Not there yet, its creator still at work.
+            (
+                vec![("proc/77/stat", stat(5000))],
+                tracked(Some("/r"), Some((77, 5000))),
+                Liveness::Creating,
+            ),
+            // Creator gone or reused, no state: gone.
+            (
+                vec![("proc/77/stat", stat(5001))],
+                tracked(Some("/r"), Some((77, 5000))),
+                Liveness::Gone("no runtime state"),
+            ),
+            (
+                vec![],
+                tracked(Some("/r"), Some((77, 5000))),
+                Liveness::Gone("no runtime state"),
+            ),
+            (
+                vec![],
+                tracked(None, None),
+                Liveness::Gone("no runtime state"),
+            ),
+        ];
+        for (i, (files, t, want)) in rows.into_iter().enumerate() {
+            let refs: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+            let (_d, host) = fixture(&refs);
+            assert_eq!(check(&host, &t), want, "row {i}");
+        }
+    }
+}
