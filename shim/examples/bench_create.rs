@@ -35,6 +35,21 @@ fn timed(cmd: &mut Command) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// Median and interquartile range of the per-iteration differences `a[i] - b[i]`:
+/// interleaved runs share whatever the machine was doing, so the paired difference
+/// is steadier than a difference of medians.
+fn paired(name: &str, a: &[f64], b: &[f64]) {
+    let mut d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    d.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let q = |f: f64| d[((d.len() - 1) as f64 * f) as usize];
+    println!(
+        "{name:<28} median {:+7.3} ms   IQR {:+.3} .. {:+.3} ms",
+        q(0.5),
+        q(0.25),
+        q(0.75)
+    );
+}
+
 fn stats(name: &str, v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = v[v.len() / 2];
@@ -161,6 +176,9 @@ fn main() {
         "create latency, {n} interleaved runs each ({})",
         runc.display()
     );
+    println!("added per run, paired with the runc create just before it:");
+    paired("mlenv (no edit) - runc", &t_plain, &t_runc);
+    paired("mlenv (limits edit) - runc", &t_limits, &t_runc);
     let base = stats("runc create", &mut t_runc);
     let plain = stats("mlenv create (no edit)", &mut t_plain);
     let lim = stats("mlenv create (limits edit)", &mut t_limits);
@@ -171,6 +189,8 @@ fn main() {
     );
     println!();
     println!("mlenv alone, /bin/true standing in for runc");
+    paired("mlenv -> true (no edit)", &t_plain_true, &t_true);
+    paired("mlenv -> true (limits)", &t_limits_true, &t_true);
     let base = stats("/bin/true", &mut t_true);
     let plain = stats("mlenv -> true (no edit)", &mut t_plain_true);
     let lim = stats("mlenv -> true (limits edit)", &mut t_limits_true);

@@ -9,11 +9,16 @@ use crate::clock::rfc3339;
 use crate::edits::Limits;
 use crate::host::Host;
 use crate::liveness::{self, Liveness, Tracked};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The WAL size past which a create checkpoints it (about 40 creates' worth of
+/// frames, re-read at most by each first opener: a fraction of a millisecond).
+pub const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
 
 /// How long a writer waits for another before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,35 +176,31 @@ impl Inventory {
         inv.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| inv.sql("setting the busy timeout", e))?;
-        // WAL: readers never block the writer. NORMAL: a commit is safe against a
-        // process crash and the file against power loss. Every create is a short-lived
-        // connection that checkpoints as it closes; leaving the WAL to the next process
-        // instead was measured slower (each opener re-reads the whole WAL to rebuild
-        // its index), see docs/benchmarks.md.
-        // The journal mode is kept in the file: set it once, not on every open.
-        let mode: String = inv
-            .conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .map_err(|e| inv.sql("reading the journal mode", e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            inv.conn
-                .pragma_update(None, "journal_mode", "WAL")
-                .map_err(|e| inv.sql("enabling WAL", e))?;
-        }
+        // WAL: readers never block the writer. NORMAL: a commit is atomic and the file
+        // stays consistent through a crash or power loss; the last commits before a
+        // power loss may be lost, which the containers they describe are too.
         inv.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| inv.sql("setting synchronous", e))?;
-        inv.keep_wal_file()?;
+        inv.manage_checkpoints()?;
         inv.migrate()?;
         Ok(inv)
     }
 
-    /// Every create is a new process whose connection checkpoints as it closes. By
-    /// default SQLite then deletes the WAL and shm files and the next create makes
-    /// them again; keeping the WAL file, truncated to nothing, spares that (measured:
-    /// 0.8 ms of a create, docs/benchmarks.md). Truncated, because a WAL left full
-    /// would be re-read by every opener to rebuild its index.
-    fn keep_wal_file(&mut self) -> Result<(), InventoryError> {
+    /// Every create is a new, short-lived connection. By default the last connection
+    /// to close checkpoints the WAL into the database, with three fsyncs, and deletes
+    /// the WAL and shm files for the next create to make again: most of mlenv's own
+    /// cost on a create (docs/benchmarks.md). Instead: no checkpoint on close, the WAL
+    /// file kept, and checkpoints taken where they cost nobody's latency ([`settle`]).
+    /// The WAL must stay short, because every first opener re-reads it whole to
+    /// rebuild its index. (SQLite's own automatic checkpoint, at 1000 pages, never
+    /// comes first.)
+    ///
+    /// [`settle`]: Inventory::settle
+    fn manage_checkpoints(&mut self) -> Result<(), InventoryError> {
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| self.sql("configuring checkpoints", e))?;
         let mut persist: std::ffi::c_int = 1;
         // SAFETY: the handle is valid while `self.conn` lives; PERSIST_WAL reads and
         // writes the int behind the pointer during the call only.
@@ -217,9 +218,22 @@ impl Inventory {
                 rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None),
             ));
         }
-        self.conn
-            .pragma_update(None, "journal_size_limit", 0)
-            .map_err(|e| self.sql("limiting the WAL size", e))
+        Ok(())
+    }
+
+    /// Checkpoints the WAL into the database and truncates it: always when `force`
+    /// (deletes, which nobody waits on), else only once the WAL has grown past
+    /// [`WAL_CHECKPOINT_BYTES`]. Best effort: a checkpoint that cannot run now (a
+    /// reader holds old frames) is taken by a later call.
+    pub fn settle(&mut self, force: bool) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let size = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size > 0 && (force || size > WAL_CHECKPOINT_BYTES) {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -244,6 +258,17 @@ impl Inventory {
         let known = MIGRATIONS.len() as i64;
         if self.schema_version()? == known {
             return Ok(());
+        }
+        // The journal mode is kept in the file: set once, here, not on every open.
+        // (It cannot change inside a transaction.)
+        let mode: String = self
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .map_err(|e| self.sql("reading the journal mode", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            self.conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(|e| self.sql("enabling WAL", e))?;
         }
         let path = self.path.clone();
         let sql = |what, source| InventoryError::Sql {
@@ -271,21 +296,28 @@ impl Inventory {
         tx.commit().map_err(|e| sql("committing the migration", e))
     }
 
-    /// Records a decision made elsewhere (an error), in one immediate transaction.
-    /// Returns the decision's id.
+    /// Runs `f` in one immediate transaction (the write lock taken up front, so that
+    /// what it reads cannot change before it writes) and commits.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<T, (&'static str, rusqlite::Error)>,
+    ) -> Result<T, InventoryError> {
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| ("starting a transaction", e))?;
+            let out = f(&tx)?;
+            tx.commit().map_err(|e| ("committing", e))?;
+            Ok(out)
+        })();
+        result.map_err(|(what, e)| self.sql(what, e))
+    }
+
+    /// Records a decision made elsewhere (an error). Returns the decision's id.
     pub fn record(&mut self, d: &Decision) -> Result<i64, InventoryError> {
-        let path = self.path.clone();
-        let sql = |what, source| InventoryError::Sql {
-            path: path.clone(),
-            what,
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql("starting a transaction", e))?;
-        let id = insert(&tx, d, None).map_err(|(what, e)| sql(what, e))?;
-        tx.commit().map_err(|e| sql("committing the decision", e))?;
+        let id = self.write(|tx| insert(tx, d, None))?;
+        self.settle(false);
         Ok(id)
     }
 
@@ -305,52 +337,37 @@ impl Inventory {
     where
         F: FnMut(&LiveUsage, &mut Decision) -> bool,
     {
-        let path = self.path.clone();
-        let sql = |what, source| InventoryError::Sql {
-            path: path.clone(),
-            what,
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql("starting a transaction", e))?;
-        let usage = live_usage(&tx, d.uid, d.project.as_deref())
-            .map_err(|e| sql("summing live containers", e))?;
-        if decide(&usage, d) {
-            let ended = reconcile_in(&tx, host, d.time_ms)
-                .map_err(|e| sql("checking live containers", e))?;
-            if ended > 0 {
-                let usage = live_usage(&tx, d.uid, d.project.as_deref())
-                    .map_err(|e| sql("summing live containers", e))?;
-                decide(&usage, d);
+        let id = self.write(|tx| {
+            let usage = |d: &Decision| {
+                live_usage(tx, d.uid, d.project.as_deref())
+                    .map_err(|e| ("summing live containers", e))
+            };
+            if decide(&usage(d)?, d) {
+                let ended = reconcile_in(tx, host, d.time_ms)
+                    .map_err(|e| ("checking live containers", e))?;
+                if ended > 0 {
+                    decide(&usage(d)?, d);
+                }
             }
-        }
-        let id = insert(&tx, d, creator).map_err(|(what, e)| sql(what, e))?;
-        tx.commit().map_err(|e| sql("committing the decision", e))?;
+            insert(tx, d, creator)
+        })?;
         d.id = id;
+        self.settle(false);
         Ok(id)
     }
 
     /// Ends every live container whose process is gone. Returns how many.
     pub fn reconcile(&mut self, host: &dyn Host, now_ms: i64) -> Result<usize, InventoryError> {
-        let path = self.path.clone();
-        let sql = |what, source| InventoryError::Sql {
-            path: path.clone(),
-            what,
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sql("starting a transaction", e))?;
-        let n = reconcile_in(&tx, host, now_ms).map_err(|e| sql("checking live containers", e))?;
-        tx.commit().map_err(|e| sql("committing the check", e))?;
+        let n = self.write(|tx| {
+            reconcile_in(tx, host, now_ms).map_err(|e| ("checking live containers", e))
+        })?;
+        self.settle(true);
         Ok(n)
     }
 
     /// Marks the live container `id` (under runtime root `root`) ended. Returns how
-    /// many rows changed (0: it was not live).
+    /// many rows changed (0: it was not live). Deletes are where the WAL is folded
+    /// into the database: nobody waits on them.
     pub fn end(
         &mut self,
         container_id: &str,
@@ -358,13 +375,16 @@ impl Inventory {
         now_ms: i64,
         reason: &str,
     ) -> Result<usize, InventoryError> {
-        self.conn
-            .execute(
+        let n = self.write(|tx| {
+            tx.execute(
                 "UPDATE containers SET ended_ms = ?1, end_reason = ?2
                  WHERE container_id = ?3 AND root IS ?4 AND ended_ms IS NULL",
                 params![now_ms, reason, container_id, root],
             )
-            .map_err(|e| self.sql("ending the container", e))
+            .map_err(|e| ("ending the container", e))
+        })?;
+        self.settle(true);
+        Ok(n)
     }
 
     /// Live containers, oldest first.
@@ -516,26 +536,33 @@ fn live_usage(
     uid: u32,
     project: Option<&str>,
 ) -> rusqlite::Result<LiveUsage> {
-    let sum = |filter: &str, p: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Usage> {
-        tx.prepare_cached(&format!(
-            "SELECT count(*), coalesce(sum(memory), 0), coalesce(sum(cpus), 0.0)
-             FROM containers WHERE ended_ms IS NULL {filter}"
-        ))?
-        .query_row(p, |r| {
+    // One pass over the live rows for all three sums: every statement a create
+    // compiles costs it time, there being no statement cache across processes.
+    tx.prepare_cached(
+        "SELECT count(*), total(memory), total(cpus),
+                total(uid = ?1), total(CASE WHEN uid = ?1 THEN memory END),
+                total(CASE WHEN uid = ?1 THEN cpus END),
+                total(project = ?2), total(CASE WHEN project = ?2 THEN memory END),
+                total(CASE WHEN project = ?2 THEN cpus END)
+         FROM containers WHERE ended_ms IS NULL",
+    )?
+    .query_row(params![uid, project], |r| {
+        let usage = |base: usize| -> rusqlite::Result<Usage> {
             Ok(Usage {
-                containers: r.get(0)?,
-                memory: r.get::<_, i64>(1)? as u64,
-                cpus: r.get(2)?,
+                containers: r.get::<_, f64>(base)? as u32,
+                memory: r.get::<_, f64>(base + 1)? as u64,
+                cpus: r.get(base + 2)?,
             })
+        };
+        Ok(LiveUsage {
+            all: Usage {
+                containers: r.get(0)?,
+                memory: r.get::<_, f64>(1)? as u64,
+                cpus: r.get(2)?,
+            },
+            user: usage(3)?,
+            project: usage(6)?,
         })
-    };
-    Ok(LiveUsage {
-        all: sum("", &[])?,
-        user: sum("AND uid = ?1", &[&uid])?,
-        project: match project {
-            Some(p) => sum("AND project = ?1", &[&p])?,
-            None => Usage::default(),
-        },
     })
 }
 
@@ -745,5 +772,119 @@ mod tests {
         );
         assert!(inv.find("a%").unwrap().is_none());
         assert!(inv.find("zzz").unwrap().is_none());
+    }
+
+    #[test]
+    fn usage_sums_all_user_and_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        let host = crate::host::ProcHost::default();
+        let mut add = |id: &str,
+                       uid: u32,
+                       project: Option<&str>,
+                       mem: Option<u64>,
+                       cpus: Option<f64>,
+                       outcome: Outcome| {
+            let mut d = decision(id, 1, outcome);
+            d.uid = uid;
+            d.project = project.map(str::to_string);
+            d.effective.memory = mem;
+            d.effective.cpus = cpus;
+            let mut seen = LiveUsage::default();
+            inv.admit(&mut d, None, &host, |u, _| {
+                seen = u.clone();
+                false
+            })
+            .unwrap();
+            seen
+        };
+        add(
+            "a",
+            1000,
+            Some("v"),
+            Some(1 << 30),
+            Some(1.5),
+            Outcome::Admitted,
+        );
+        add("b", 1000, None, None, Some(2.0), Outcome::Admitted);
+        add("c", 2000, Some("v"), Some(2 << 30), None, Outcome::Admitted);
+        add(
+            "d",
+            2000,
+            Some("v"),
+            Some(8 << 30),
+            Some(8.0),
+            Outcome::Refused,
+        );
+        let seen = add("e", 1000, Some("v"), None, None, Outcome::Refused);
+        assert_eq!(
+            seen.all,
+            Usage {
+                containers: 3,
+                memory: 3 << 30,
+                cpus: 3.5
+            }
+        );
+        assert_eq!(
+            seen.user,
+            Usage {
+                containers: 2,
+                memory: 1 << 30,
+                cpus: 3.5
+            }
+        );
+        assert_eq!(
+            seen.project,
+            Usage {
+                containers: 2,
+                memory: 3 << 30,
+                cpus: 1.5
+            }
+        );
+        let seen = add("f", 3000, None, None, None, Outcome::Refused);
+        assert_eq!(seen.user, Usage::default());
+        assert_eq!(seen.project, Usage::default());
+    }
+
+    #[test]
+    fn wal_is_checkpointed_on_delete_and_when_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mlenv.db");
+        let wal = dir.path().join("mlenv.db-wal");
+        let size = || fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        // A create leaves its frames in the WAL: no checkpoint, no fsync.
+        Inventory::open(&path)
+            .unwrap()
+            .record(&decision("a", 1, Outcome::Admitted))
+            .unwrap();
+        assert!(size() > 0);
+        // A delete folds them into the database and truncates the WAL (the file stays).
+        Inventory::open(&path)
+            .unwrap()
+            .end("a", Some("/run/r"), 2, "deleted")
+            .unwrap();
+        assert_eq!(size(), 0);
+        assert!(wal.exists());
+        // Creates alone never let it grow far past the limit.
+        for i in 0..200 {
+            Inventory::open(&path)
+                .unwrap()
+                .record(&decision(&format!("c{i}"), 3, Outcome::Admitted))
+                .unwrap();
+            assert!(
+                size() <= WAL_CHECKPOINT_BYTES + 64 * 1024,
+                "WAL at {} after {i}",
+                size()
+            );
+        }
+        // And nothing was lost on the way.
+        assert_eq!(
+            Inventory::open(&path)
+                .unwrap()
+                .history(0, 1000)
+                .unwrap()
+                .len(),
+            201
+        );
     }
 }
