@@ -340,6 +340,22 @@ mod tests {
         scan(&args)
     }
 
+    fn run_create(
+        f: &Fixture,
+        id: &str,
+        host: &dyn Host,
+        log: &mut RuncLog,
+    ) -> Result<Verdict, CreateError> {
+        prepare(
+            &invocation(f, id),
+            Path::new("/"),
+            &f.main,
+            &FixedClock(5),
+            host,
+            log,
+        )
+    }
+
     fn host() -> crate::host::ProcHost {
         // A roomy fixture host; its directory lives for the test run.
         let (dir, host) = crate::host::tests::fixture(&[]);
@@ -361,15 +377,7 @@ mod tests {
             spec(),
         );
         let mut log = RuncLog::stderr_only();
-        let v = prepare(
-            &invocation(&f, "c1"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap();
+        let v = run_create(&f, "c1", &host(), &mut log).unwrap();
         assert_eq!(
             v,
             Verdict::Admitted {
@@ -413,15 +421,7 @@ mod tests {
         let f = fixture("[limits]\nmax_memory = \"1G\"\n", spec());
         let before = fs::read(f.bundle.join("config.json")).unwrap();
         let mut log = RuncLog::stderr_only();
-        let v = prepare(
-            &invocation(&f, "c2"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap();
+        let v = run_create(&f, "c2", &host(), &mut log).unwrap();
         assert_eq!(
             v,
             Verdict::Refused("memory limit 2G requested > 1G allowed ([limits] max_memory)".into())
@@ -436,28 +436,13 @@ mod tests {
     fn invalid_policy_fails_closed_or_falls_back() {
         let f = fixture("[limits]\nmax_memory = \"4G\"\n", spec());
         let mut log = RuncLog::stderr_only();
-        prepare(
-            &invocation(&f, "c3"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap();
+        run_create(&f, "c3", &host(), &mut log).unwrap();
         // Break it: fail closed, naming file, line and key and how to check.
         let good = fs::read_to_string(&f.main).unwrap();
         fs::write(&f.main, format!("{good}bogus_key = 1\n")).unwrap();
-        let err = prepare(
-            &invocation(&f, "c4"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = run_create(&f, "c4", &host(), &mut log)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("policy invalid: "), "{err}");
         assert!(
             err.contains("mlenv.toml:7: limits.bogus_key: unknown field"),
@@ -472,15 +457,7 @@ mod tests {
         .unwrap();
         let logfile = f.dir.path().join("log.json");
         let mut log = RuncLog::open(Some(&logfile), true).unwrap();
-        let v = prepare(
-            &invocation(&f, "c5"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap();
+        let v = run_create(&f, "c5", &host(), &mut log).unwrap();
         assert!(matches!(v, Verdict::Admitted { .. }));
         let text = fs::read_to_string(&logfile).unwrap();
         assert!(text.contains("using the last known good policy"), "{text}");
@@ -493,16 +470,9 @@ mod tests {
             serde_json::json!({"linux": {"resources": {"pids": {"limit": "many"}}}}),
         );
         let mut log = RuncLog::stderr_only();
-        let err = prepare(
-            &invocation(&f, "c6"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = run_create(&f, "c6", &host(), &mut log)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("linux.resources.pids.limit"), "{err}");
         let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         let d = inv.find("c6").unwrap().unwrap();
@@ -514,16 +484,7 @@ mod tests {
     fn delete_ends_the_live_row() {
         let f = fixture("", spec());
         let mut log = RuncLog::stderr_only();
-        let inv = invocation(&f, "c7");
-        prepare(
-            &inv,
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap();
+        run_create(&f, "c7", &host(), &mut log).unwrap();
         let del = scan(&["--root", "/run/r", "delete", "--force", "c7"].map(OsString::from));
         record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap();
         let db = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
@@ -541,17 +502,7 @@ mod tests {
         let (dir, host) =
             crate::host::tests::fixture(&[("run/r/c1/state.json", state), ("proc/77/stat", stat)]);
         let mut log = RuncLog::stderr_only();
-        let mut create = |id: &str| {
-            prepare(
-                &invocation(&f, id),
-                Path::new("/"),
-                &f.main,
-                &FixedClock(5),
-                &host,
-                &mut log,
-            )
-            .unwrap()
-        };
+        let mut create = |id: &str| run_create(&f, id, &host, &mut log).unwrap();
         assert!(matches!(create("c1"), Verdict::Admitted { .. }));
         assert_eq!(
             create("c2"),
@@ -583,15 +534,7 @@ mod tests {
     fn host_threshold_refuses_with_value_threshold_and_key() {
         let f = fixture("[admission]\nmax_memory_percent = 50\n", spec());
         let mut log = RuncLog::stderr_only();
-        let v = prepare(
-            &invocation(&f, "h1"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap();
+        let v = run_create(&f, "h1", &host(), &mut log).unwrap();
         assert_eq!(
             v,
             Verdict::Refused("host memory 75% used > 50% ([admission] max_memory_percent)".into())
@@ -601,15 +544,7 @@ mod tests {
             "[admission]\nmax_memory_percent = 50\n[limits]\nmax_memory = \"1G\"\n",
             spec(),
         );
-        let v = prepare(
-            &invocation(&f, "h2"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap();
+        let v = run_create(&f, "h2", &host(), &mut log).unwrap();
         assert_eq!(
             v,
             Verdict::Refused(
@@ -624,16 +559,7 @@ mod tests {
         fs::remove_file(d.path().join("proc/meminfo")).unwrap();
         let mut log = RuncLog::stderr_only();
         let f = fixture("", spec());
-        match prepare(
-            &invocation(&f, "e1"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &broken,
-            &mut log,
-        )
-        .unwrap()
-        {
+        match run_create(&f, "e1", &broken, &mut log).unwrap() {
             Verdict::Refused(r) => {
                 assert!(r.starts_with("cannot check the host: cannot read "), "{r}");
                 assert!(r.ends_with("([admission] on_error = \"refuse\")"), "{r}");
@@ -642,15 +568,7 @@ mod tests {
         }
         let f = fixture("[admission]\non_error = \"admit\"\n", spec());
         assert!(matches!(
-            prepare(
-                &invocation(&f, "e2"),
-                Path::new("/"),
-                &f.main,
-                &FixedClock(5),
-                &broken,
-                &mut log
-            )
-            .unwrap(),
+            run_create(&f, "e2", &broken, &mut log).unwrap(),
             Verdict::Admitted { .. }
         ));
         let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
@@ -671,15 +589,7 @@ mod tests {
             f
         };
         let f = blocked("");
-        let err = prepare(
-            &invocation(&f, "e3"),
-            Path::new("/"),
-            &f.main,
-            &FixedClock(5),
-            &host(),
-            &mut log,
-        )
-        .unwrap_err();
+        let err = run_create(&f, "e3", &host(), &mut log).unwrap_err();
         assert!(
             err.to_string()
                 .contains("cannot create inventory directory"),
@@ -687,15 +597,7 @@ mod tests {
         );
         let f = blocked("[admission]\non_error = \"admit\"\n");
         assert!(matches!(
-            prepare(
-                &invocation(&f, "e4"),
-                Path::new("/"),
-                &f.main,
-                &FixedClock(5),
-                &host(),
-                &mut log
-            )
-            .unwrap(),
+            run_create(&f, "e4", &host(), &mut log).unwrap(),
             Verdict::Admitted { .. }
         ));
     }
