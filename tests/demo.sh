@@ -38,6 +38,8 @@ default_pids = 512
 # The build that just ran says nothing about this machine's load.
 max_load_per_cpu = false
 max_psi_cpu = false
+# Small machines: let CPU limits add up to twice the CPUs.
+cpu_overcommit = 2.0
 
 # At most 2 live containers in project "demo".
 [[quota]]
@@ -64,7 +66,7 @@ echo "== quota: a third container in project demo (max_containers = 2)"
 a=$(docker run -d --runtime=mlenv -e MLENV_PROJECT=demo mlenv-busybox:demo sleep 600)
 b=$(docker run -d --runtime=mlenv -e MLENV_PROJECT=demo mlenv-busybox:demo sleep 600)
 set +e
-docker run -d --runtime=mlenv -e MLENV_PROJECT=demo mlenv-busybox:demo sleep 600
+docker run -d --rm --runtime=mlenv -e MLENV_PROJECT=demo mlenv-busybox:demo sleep 600 >/dev/null
 echo "docker run exited $?"
 set -e
 $mlenv ps
