@@ -11,6 +11,7 @@ pub mod clock;
 pub mod create;
 pub mod edits;
 pub mod fsutil;
+pub mod gpu;
 pub mod host;
 pub mod inventory;
 pub mod liveness;

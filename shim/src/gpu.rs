@@ -1,0 +1,214 @@
+//! The GPUs of the host, read through NVML (nvml-wrapper): index, UUID, name, minor
+//! number, memory, utilization, running compute processes, MIG mode.
+//!
+//! `[gpu] nvml_library` (issue 4) will name the library; tests and machines without a
+//! GPU use the stand-in under tests/fake-nvml.
+
+use nvml_wrapper::structs::device::MigMode;
+use nvml_wrapper::Nvml;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("cannot load NVML from {lib}: {source}; is the NVIDIA driver installed? ([gpu] nvml_library)")]
+    Init {
+        lib: String,
+        source: nvml_wrapper::error::NvmlError,
+    },
+    #[error("NVML: {what} of GPU {index}: {source}")]
+    Query {
+        what: &'static str,
+        index: u32,
+        source: nvml_wrapper::error::NvmlError,
+    },
+    #[error("NVML: counting GPUs: {0}")]
+    Count(nvml_wrapper::error::NvmlError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuProcess {
+    pub pid: u32,
+    /// Bytes, when the driver reports them.
+    pub used_memory: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    /// N of /dev/nvidiaN.
+    pub minor: u32,
+    pub memory_total: u64,
+    pub memory_used: u64,
+    pub memory_free: u64,
+    /// Percent of the last sample period the GPU was busy.
+    pub utilization: u32,
+    pub processes: Vec<GpuProcess>,
+    /// MIG mode currently on (None where the GPU does not support MIG).
+    pub mig: Option<bool>,
+}
+
+/// Reads every GPU through the NVML library at `lib` (the system's
+/// libnvidia-ml.so.1 when `None`).
+pub fn probe(lib: Option<&Path>) -> Result<Vec<GpuInfo>, GpuError> {
+    let nvml = match lib {
+        Some(p) => Nvml::builder().lib_path(p.as_os_str()).init(),
+        None => Nvml::init(),
+    }
+    .map_err(|source| GpuError::Init {
+        lib: lib
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "libnvidia-ml.so.1".into()),
+        source,
+    })?;
+    let count = nvml.device_count().map_err(GpuError::Count)?;
+    let mut out = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let q = |what| {
+            move |source| GpuError::Query {
+                what,
+                index,
+                source,
+            }
+        };
+        let dev = nvml.device_by_index(index).map_err(q("handle"))?;
+        let mem = dev.memory_info().map_err(q("memory"))?;
+        let processes = dev
+            .running_compute_processes()
+            .map_err(q("compute processes"))?
+            .into_iter()
+            .map(|p| GpuProcess {
+                pid: p.pid,
+                used_memory: match p.used_gpu_memory {
+                    nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => Some(b),
+                    nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
+                },
+            })
+            .collect();
+        out.push(GpuInfo {
+            index,
+            uuid: dev.uuid().map_err(q("UUID"))?,
+            name: dev.name().map_err(q("name"))?,
+            minor: dev.minor_number().map_err(q("minor number"))?,
+            memory_total: mem.total,
+            memory_used: mem.used,
+            memory_free: mem.free,
+            utilization: dev.utilization_rates().map_err(q("utilization"))?.gpu,
+            processes,
+            mig: match dev.mig_mode() {
+                Ok(MigMode { current, .. }) => Some(current == 1),
+                Err(nvml_wrapper::error::NvmlError::NotSupported) => None,
+                Err(source) => {
+                    return Err(GpuError::Query {
+                        what: "MIG mode",
+                        index,
+                        source,
+                    })
+                }
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Where the test NVML library is built: beside the test binaries' directory.
+pub fn fake_nvml_path(target_dir: &Path) -> PathBuf {
+    target_dir.join("libmlenv_fake_nvml.so")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// target/debug, from target/debug/deps/<test binary>.
+    fn fake() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let lib = fake_nvml_path(exe.parent()?.parent()?);
+        if lib.exists() {
+            return Some(lib);
+        }
+        let msg = format!("{} not built: run cargo build --workspace", lib.display());
+        if std::env::var("MLENV_E2E_REQUIRED").as_deref() == Ok("1") {
+            panic!("{msg}");
+        }
+        eprintln!("skipped: {msg}");
+        None
+    }
+
+    const GPUS: &str = r#"{"driver_version": "550.54.15", "gpus": [
+        {"uuid": "GPU-00000000-0000-0000-0000-000000000000", "minor": 0,
+         "memory_total": 85899345920, "memory_used": 1073741824,
+         "utilization_gpu": 90, "utilization_memory": 40,
+         "processes": [{"pid": 4242, "used_memory": 1073741824}, {"pid": 4343, "used_memory": 0}]},
+        {"uuid": "GPU-11111111-1111-1111-1111-111111111111", "name": "NVIDIA A100-SXM4-40GB",
+         "minor": 3, "memory_total": 42949672960, "mig_mode": 1}
+    ]}"#;
+
+    #[test]
+    fn probes_through_nvml_wrapper() {
+        let Some(lib) = fake() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("gpus.json");
+        std::fs::write(&cfg, GPUS).unwrap();
+        // The stand-in reads its file from the environment at nvmlInit; tests in this
+        // binary that set it run one at a time through this lock.
+        let _g = ENV_LOCK.lock().unwrap();
+        std::env::set_var("MLENV_FAKE_NVML_CONFIG", &cfg);
+        let gpus = probe(Some(&lib)).unwrap();
+        assert_eq!(gpus.len(), 2);
+        let g0 = &gpus[0];
+        assert_eq!(g0.index, 0);
+        assert_eq!(g0.uuid, "GPU-00000000-0000-0000-0000-000000000000");
+        assert_eq!(g0.name, "NVIDIA H100 80GB HBM3");
+        assert_eq!((g0.minor, g0.utilization), (0, 90));
+        assert_eq!(
+            (g0.memory_total, g0.memory_used, g0.memory_free),
+            (80 << 30, 1 << 30, 79 << 30)
+        );
+        assert_eq!(
+            g0.processes,
+            vec![
+                GpuProcess {
+                    pid: 4242,
+                    used_memory: Some(1 << 30)
+                },
+                GpuProcess {
+                    pid: 4343,
+                    used_memory: Some(0)
+                }
+            ]
+        );
+        assert_eq!(g0.mig, Some(false));
+        let g1 = &gpus[1];
+        assert_eq!(
+            (g1.minor, g1.name.as_str(), g1.mig),
+            (3, "NVIDIA A100-SXM4-40GB", Some(true))
+        );
+        assert!(g1.processes.is_empty());
+
+        // A broken file: init fails with a message naming the library.
+        std::fs::write(&cfg, "{").unwrap();
+        let err = probe(Some(&lib)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot load NVML from ") && err.contains("libmlenv_fake_nvml.so"),
+            "{err}"
+        );
+        std::env::remove_var("MLENV_FAKE_NVML_CONFIG");
+    }
+
+    #[test]
+    fn missing_library_is_a_clear_error() {
+        let err = probe(Some(Path::new("/nonexistent/libnvidia-ml.so.1")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot load NVML from /nonexistent/libnvidia-ml.so.1"),
+            "{err}"
+        );
+        assert!(err.contains("[gpu] nvml_library"), "{err}");
+    }
+
+    pub static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+}
