@@ -59,6 +59,17 @@ impl<'a> Rt<'a> {
         Some(v["status"].as_str().unwrap().to_string())
     }
 
+    /// Polls runc's state until the container is stopped, 10 s at most.
+    fn wait_stopped(&self, id: &str) -> bool {
+        for _ in 0..200 {
+            if self.status(id).as_deref() == Some("stopped") {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
     fn last_log_error(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap();
         let line = text
@@ -137,15 +148,7 @@ fn runc_lifecycle_and_passthrough_with_a_broken_policy() {
     assert_eq!(rt.status(id).as_deref(), Some("paused"));
     ok(&mut rt.cmd(&["resume", id]));
     ok(&mut rt.cmd(&["kill", id, "KILL"]));
-    let mut stopped = false;
-    for _ in 0..200 {
-        if rt.status(id).as_deref() == Some("stopped") {
-            stopped = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(stopped, "container did not stop after kill");
+    assert!(rt.wait_stopped(id), "container did not stop after kill");
 
     // A new create fails closed, saying how to check the policy.
     let b2 = policy.dir.path().join("bundle2");
@@ -278,15 +281,7 @@ fn killed_container_stops_counting() {
 
     let pid = fs::read_to_string(&pid_file).unwrap();
     ok(Command::new("kill").args(["-9", pid.trim()]));
-    let mut dead = false;
-    for _ in 0..200 {
-        if rt.status("crash-a").as_deref() == Some("stopped") {
-            dead = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(dead, "init process did not die");
+    assert!(rt.wait_stopped("crash-a"), "init process did not die");
 
     let (third, err, _) = create("crash-c");
     assert!(third.success(), "{err}");
