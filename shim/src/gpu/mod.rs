@@ -1,0 +1,7 @@
+//! GPUs: what the host has (`probe`, through NVML) and what a container asks for
+//! (`request`). Selection, leases and injection build on these (issue 4).
+
+pub mod probe;
+pub mod request;
+
+pub use probe::{fake_nvml_path, probe, GpuError, GpuInfo, GpuProcess};

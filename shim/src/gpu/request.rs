@@ -1,0 +1,300 @@
+//! What GPUs a container asks for, read from its spec.
+//!
+//! Environment variables are the one channel every engine and compose file carries:
+//! `MLENV_GPUS=N` (mlenv's own), and `NVIDIA_VISIBLE_DEVICES` (NVIDIA's: indexes, UUIDs,
+//! `all`, `none`, `void`). Docker's `--gpus` reaches the runtime only as NVIDIA's
+//! prestart hook plus `NVIDIA_VISIBLE_DEVICES`, and `--gpus 2` always becomes `0,1`: a
+//! list `0..n-1` next to that hook is read as a count, which policy may reselect.
+
+use crate::spec::Spec;
+use serde::Serialize;
+
+/// One GPU named by the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum DeviceId {
+    Index(u32),
+    /// `GPU-...` or `MIG-...`.
+    Uuid(String),
+}
+
+/// Where the request came from, for messages and policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Source {
+    /// `MLENV_GPUS`.
+    MlenvGpus,
+    /// `NVIDIA_VISIBLE_DEVICES` set by the user or the image.
+    NvidiaVisibleDevices,
+    /// Docker's `--gpus`, seen as NVIDIA's hook.
+    DockerGpus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum GpuRequest {
+    /// No GPU.
+    None,
+    /// Any `n` GPUs.
+    Count { n: u32, source: Source },
+    /// These GPUs.
+    Devices { ids: Vec<DeviceId>, source: Source },
+    /// Every GPU of the host.
+    All { source: Source },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("MLENV_GPUS={0:?}: expected a number of GPUs (or all)")]
+    MlenvGpus(String),
+    #[error("NVIDIA_VISIBLE_DEVICES={0:?}: expected GPU indexes or UUIDs separated by commas, all, none or void")]
+    VisibleDevices(String),
+}
+
+/// Whether the spec carries NVIDIA's prestart hook: Docker's `--gpus` was used.
+pub fn has_nvidia_hook(spec: &Spec) -> bool {
+    let Some(hooks) = spec
+        .json
+        .pointer("/hooks/prestart")
+        .and_then(|h| h.as_array())
+    else {
+        return false;
+    };
+    hooks.iter().any(|h| {
+        let named = |v: Option<&serde_json::Value>| {
+            v.and_then(|v| v.as_str())
+                .is_some_and(|s| s.rsplit('/').next() == Some("nvidia-container-runtime-hook"))
+        };
+        named(h.get("path")) || named(h.pointer("/args/0"))
+    })
+}
+
+/// Reads the request. `MLENV_GPUS` wins over `NVIDIA_VISIBLE_DEVICES`.
+pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
+    if let Some(v) = spec.env("MLENV_GPUS") {
+        let t = v.trim();
+        if t.eq_ignore_ascii_case("all") {
+            return Ok(GpuRequest::All {
+                source: Source::MlenvGpus,
+            });
+        }
+        return match t.parse::<u32>() {
+            Ok(0) => Ok(GpuRequest::None),
+            Ok(n) => Ok(GpuRequest::Count {
+                n,
+                source: Source::MlenvGpus,
+            }),
+            Err(_) => Err(RequestError::MlenvGpus(v.to_string())),
+        };
+    }
+    let Some(v) = spec.env("NVIDIA_VISIBLE_DEVICES") else {
+        return Ok(GpuRequest::None);
+    };
+    let hook = has_nvidia_hook(spec);
+    let source = if hook {
+        Source::DockerGpus
+    } else {
+        Source::NvidiaVisibleDevices
+    };
+    let t = v.trim();
+    match t {
+        "" | "none" | "void" => return Ok(GpuRequest::None),
+        "all" => return Ok(GpuRequest::All { source }),
+        _ => {}
+    }
+    let mut ids = Vec::new();
+    for part in t.split(',').map(str::trim) {
+        if let Ok(i) = part.parse::<u32>() {
+            ids.push(DeviceId::Index(i));
+        } else if part.starts_with("GPU-") || part.starts_with("MIG-") {
+            ids.push(DeviceId::Uuid(part.to_string()));
+        } else {
+            return Err(RequestError::VisibleDevices(v.to_string()));
+        }
+    }
+    // Docker's --gpus N: the hook and exactly 0..N-1.
+    let is_prefix = ids
+        .iter()
+        .enumerate()
+        .all(|(i, id)| *id == DeviceId::Index(i as u32));
+    if hook && is_prefix {
+        return Ok(GpuRequest::Count {
+            n: ids.len() as u32,
+            source: Source::DockerGpus,
+        });
+    }
+    Ok(GpuRequest::Devices { ids, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn spec(env: &[&str], nvidia_hook: bool) -> Spec {
+        let mut prestart = vec![json!({"path": "/proc/1/exe", "args": ["libnetwork-setkey"]})];
+        if nvidia_hook {
+            prestart.insert(0, json!({"path": "/usr/bin/nvidia-container-runtime-hook", "args": ["nvidia-container-runtime-hook", "prestart"]}));
+        }
+        Spec {
+            path: PathBuf::from("/b/config.json"),
+            json: json!({"process": {"env": env}, "hooks": {"prestart": prestart}}),
+        }
+    }
+
+    #[test]
+    fn table() {
+        use DeviceId::*;
+        use GpuRequest as R;
+        use Source::*;
+        let rows: Vec<(&[&str], bool, Result<GpuRequest, RequestError>)> = vec![
+            (&[], false, Ok(R::None)),
+            (
+                &["MLENV_GPUS=2"],
+                false,
+                Ok(R::Count {
+                    n: 2,
+                    source: MlenvGpus,
+                }),
+            ),
+            (&["MLENV_GPUS=0"], false, Ok(R::None)),
+            (&["MLENV_GPUS=all"], false, Ok(R::All { source: MlenvGpus })),
+            (
+                &["MLENV_GPUS=two"],
+                false,
+                Err(RequestError::MlenvGpus("two".into())),
+            ),
+            // MLENV_GPUS wins over an image's NVIDIA_VISIBLE_DEVICES=all.
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all", "MLENV_GPUS=1"],
+                false,
+                Ok(R::Count {
+                    n: 1,
+                    source: MlenvGpus,
+                }),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all"],
+                false,
+                Ok(R::All {
+                    source: NvidiaVisibleDevices,
+                }),
+            ),
+            (&["NVIDIA_VISIBLE_DEVICES=none"], false, Ok(R::None)),
+            (&["NVIDIA_VISIBLE_DEVICES=void"], true, Ok(R::None)),
+            (&["NVIDIA_VISIBLE_DEVICES="], false, Ok(R::None)),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=1,3"],
+                false,
+                Ok(R::Devices {
+                    ids: vec![Index(1), Index(3)],
+                    source: NvidiaVisibleDevices,
+                }),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0,1"],
+                false,
+                Ok(R::Devices {
+                    ids: vec![Index(0), Index(1)],
+                    source: NvidiaVisibleDevices,
+                }),
+            ),
+            // Docker's --gpus 2 and --gpus '"device=1,3"' and --gpus all.
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0,1"],
+                true,
+                Ok(R::Count {
+                    n: 2,
+                    source: DockerGpus,
+                }),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=1,3"],
+                true,
+                Ok(R::Devices {
+                    ids: vec![Index(1), Index(3)],
+                    source: DockerGpus,
+                }),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all"],
+                true,
+                Ok(R::All { source: DockerGpus }),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=GPU-aa, MIG-bb"],
+                false,
+                Ok(R::Devices {
+                    ids: vec![Uuid("GPU-aa".into()), Uuid("MIG-bb".into())],
+                    source: NvidiaVisibleDevices,
+                }),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0,x"],
+                false,
+                Err(RequestError::VisibleDevices("0,x".into())),
+            ),
+        ];
+        for (i, (env, hook, want)) in rows.into_iter().enumerate() {
+            assert_eq!(
+                parse(&spec(env, hook)),
+                want,
+                "row {i}: {env:?} hook={hook}"
+            );
+        }
+    }
+
+    #[test]
+    fn captured_specs() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/specs");
+        let load = |name: &str| {
+            let path = PathBuf::from(format!("{dir}/{name}"));
+            let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            Spec { path, json }
+        };
+        let rows = [
+            (
+                "docker-20.10-gpus2.json",
+                GpuRequest::Count {
+                    n: 2,
+                    source: Source::DockerGpus,
+                },
+            ),
+            (
+                "docker-20.10-gpus-all.json",
+                GpuRequest::All {
+                    source: Source::DockerGpus,
+                },
+            ),
+            (
+                "docker-20.10-gpus-device13.json",
+                GpuRequest::Devices {
+                    ids: vec![DeviceId::Index(1), DeviceId::Index(3)],
+                    source: Source::DockerGpus,
+                },
+            ),
+            (
+                "docker-20.10-run.json",
+                GpuRequest::Count {
+                    n: 1,
+                    source: Source::MlenvGpus,
+                },
+            ),
+            (
+                "podman-4.3-run.json",
+                GpuRequest::Count {
+                    n: 2,
+                    source: Source::MlenvGpus,
+                },
+            ),
+            (
+                "containerd-1.6-ctr-run.json",
+                GpuRequest::Count {
+                    n: 1,
+                    source: Source::MlenvGpus,
+                },
+            ),
+        ];
+        for (name, want) in rows {
+            assert_eq!(parse(&load(name)).unwrap(), want, "{name}");
+        }
+    }
+}
