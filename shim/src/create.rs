@@ -55,10 +55,7 @@ pub fn policy_in_force(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Lo
             if lenient.on_invalid_policy != Some(OnInvalidPolicy::LastKnownGood) {
                 return Err(CreateError::Policy(error));
             }
-            let inventory = lenient
-                .inventory_path
-                .unwrap_or_else(|| PathBuf::from(policy::DEFAULT_INVENTORY));
-            match policy::load_last_known_good(&inventory) {
+            match policy::load_last_known_good(&lenient.inventory()) {
                 Ok(lkg) => {
                     log.line(
                         "warning",
@@ -269,12 +266,8 @@ pub fn record_end(
     let Some(id) = &inv.container_id else {
         return Ok(());
     };
-    let path = match policy::load(main) {
-        Ok(l) => l.policy.inventory.path,
-        Err(_) => policy::lenient(main)
-            .inventory_path
-            .unwrap_or_else(|| PathBuf::from(policy::DEFAULT_INVENTORY)),
-    };
+    // Read leniently: a policy broken since the create still names its inventory.
+    let path = policy::lenient(main).inventory();
     if !path.exists() {
         return Ok(());
     }

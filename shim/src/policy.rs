@@ -460,6 +460,16 @@ pub struct Lenient {
     pub on_invalid_policy: Option<OnInvalidPolicy>,
 }
 
+impl Lenient {
+    /// The inventory the files name, or the default. For a policy that validates,
+    /// the same path [`load`] gives: the last file that sets it wins either way.
+    pub fn inventory(&self) -> PathBuf {
+        self.inventory_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_INVENTORY))
+    }
+}
+
 pub fn lenient(main: &Path) -> Lenient {
     let mut out = Lenient::default();
     let mut files = vec![main.to_path_buf()];
@@ -788,6 +798,11 @@ max_pids = 32768
         let l = lenient(&main);
         assert_eq!(l.runtime_path, Some(PathBuf::from("/x/runc")));
         assert_eq!(l.inventory_path, Some(PathBuf::from("/d/m.db")));
+        assert_eq!(l.inventory(), PathBuf::from("/d/m.db"));
+        assert_eq!(
+            Lenient::default().inventory(),
+            PathBuf::from(DEFAULT_INVENTORY)
+        );
         assert_eq!(l.on_invalid_policy, Some(OnInvalidPolicy::LastKnownGood));
     }
 

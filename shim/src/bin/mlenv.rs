@@ -128,9 +128,7 @@ fn open_inventory() -> Result<Inventory, String> {
         Ok(l) => l.policy.inventory.path,
         Err(e) => {
             eprintln!("mlenv: warning: policy invalid ({e}); reading the inventory it names");
-            policy::lenient(&main)
-                .inventory_path
-                .unwrap_or_else(|| PathBuf::from(policy::DEFAULT_INVENTORY))
+            policy::lenient(&main).inventory()
         }
     };
     if !path.exists() {
