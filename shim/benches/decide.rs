@@ -73,6 +73,7 @@ fn bench(c: &mut Criterion) {
                     project: d.project.clone(),
                     memory: Some(1 << 20),
                     cpus: Some(0.001),
+                    gpus: 0,
                 };
                 inv.admit(&mut d, None, &host, |usage, d| {
                     let mut checks =

@@ -7,7 +7,7 @@
 
 use crate::host::HostState;
 use crate::policy::{AdmissionSection, Policy, Quota};
-use crate::units::{ByteSize, Cpus};
+use crate::units::{rounded, ByteSize, Cpus};
 use serde::Serialize;
 
 /// What live containers hold: a count and the sums of their limits.
@@ -16,6 +16,8 @@ pub struct Usage {
     pub containers: u32,
     pub memory: u64,
     pub cpus: f64,
+    /// GPUs leased.
+    pub gpus: u32,
 }
 
 /// What the inventory knows when a decision is made.
@@ -24,6 +26,8 @@ pub struct LiveUsage {
     pub all: Usage,
     pub user: Usage,
     pub project: Usage,
+    /// Who holds which GPU.
+    pub leases: Vec<crate::gpu::select::LiveLease>,
 }
 
 /// What the container asks for, after the limit edits.
@@ -33,6 +37,8 @@ pub struct Request {
     pub project: Option<String>,
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
+    /// GPUs to be leased.
+    pub gpus: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -131,16 +137,6 @@ pub fn host_checks(a: &AdmissionSection, h: &HostState) -> Vec<Check> {
     out
 }
 
-/// A size to one decimal place of its unit, for measured values.
-fn rounded(b: u64) -> String {
-    let g = b as f64 / (1u64 << 30) as f64;
-    if g >= 1.0 {
-        format!("{}G", Cpus((g * 10.0).round() / 10.0))
-    } else {
-        format!("{}M", (b as f64 / (1u64 << 20) as f64).round())
-    }
-}
-
 /// Reservations: the limits of live containers plus this one must fit in what the
 /// host has, times the overcommit factor, less what is reserved for the host.
 pub fn reservation_checks(
@@ -229,6 +225,19 @@ pub fn quota_checks(policy: &Policy, live: &LiveUsage, r: &Request) -> Vec<Check
                     "quota {who}: cpus {} live + {} requested {} {max}",
                     Cpus(held.cpus),
                     Cpus(req),
+                    if ok { "<=" } else { ">" }
+                ),
+            ));
+        }
+        if let Some(max) = q.max_gpus.filter(|_| r.gpus > 0) {
+            let ok = held.gpus.saturating_add(r.gpus) <= max;
+            out.push(check(
+                Kind::Quota,
+                ok,
+                format!(
+                    "quota {who}: {} GPUs leased + {} requested {} {max}",
+                    held.gpus,
+                    r.gpus,
                     if ok { "<=" } else { ">" }
                 ),
             ));
@@ -355,6 +364,7 @@ mod tests {
             project: Some("vision".into()),
             memory,
             cpus,
+            gpus: 0,
         }
     }
 
@@ -362,13 +372,13 @@ mod tests {
     fn reservations_table() {
         let a = AdmissionSection::default(); // x1, 2G reserved, cpus x1
         let rows = [
-            (Usage { containers: 3, memory: 48 * G, cpus: 12.0 }, req(Some(8 * G), Some(4.0)), vec![]),
-            (Usage { containers: 3, memory: 56 * G, cpus: 12.0 }, req(Some(8 * G), Some(4.0)),
+            (Usage { containers: 3, memory: 48 * G, cpus: 12.0, gpus: 0 }, req(Some(8 * G), Some(4.0)), vec![]),
+            (Usage { containers: 3, memory: 56 * G, cpus: 12.0, gpus: 0 }, req(Some(8 * G), Some(4.0)),
              vec!["memory reservations 56G + 8G requested > 62G (MemTotal 64G x 1 - 2G) ([admission] memory_overcommit, reserved_memory)"]),
-            (Usage { containers: 3, memory: 0, cpus: 14.5 }, req(Some(G), Some(2.0)),
+            (Usage { containers: 3, memory: 0, cpus: 14.5, gpus: 0 }, req(Some(G), Some(2.0)),
              vec!["cpu reservations 14.5 + 2 requested > 16 (16 cpus x 1 - 0) ([admission] cpu_overcommit, reserved_cpus)"]),
             // No limit: nothing to reserve.
-            (Usage { containers: 3, memory: 63 * G, cpus: 16.0 }, req(None, None), vec![]),
+            (Usage { containers: 3, memory: 63 * G, cpus: 16.0, gpus: 0 }, req(None, None), vec![]),
         ];
         for (i, (all, r, want)) in rows.into_iter().enumerate() {
             assert_eq!(
@@ -386,6 +396,7 @@ mod tests {
             containers: 9,
             memory: 90 * G,
             cpus: 0.0,
+            gpus: 0,
         };
         assert!(failed(&reservation_checks(
             &a,
@@ -432,11 +443,13 @@ max_containers = 2
             all: Usage::default(),
             user,
             project,
+            leases: vec![],
         };
         let u = |containers, memory, cpus| Usage {
             containers,
             memory,
             cpus,
+            gpus: 0,
         };
         let rows = [
             (
@@ -467,11 +480,31 @@ max_containers = 2
             project: None,
             memory: None,
             cpus: None,
+            gpus: 0,
         };
         let l = live(u(2, 0, 0.0), Usage::default());
         assert_eq!(
             failed(&quota_checks(&p, &l, &r)),
             vec!["quota user=2000 (others): 2 of 2 containers live"]
+        );
+        // GPUs: leased plus requested against max_gpus; no GPU asked, no GPU check.
+        let p = policy("[[quota]]\nproject = \"vision\"\nmax_gpus = 4\n");
+        let held = Usage {
+            gpus: 3,
+            ..Usage::default()
+        };
+        let l = live(Usage::default(), held);
+        let mut r = req(None, None);
+        assert!(quota_checks(&p, &l, &r).is_empty());
+        r.gpus = 1;
+        assert_eq!(
+            quota_checks(&p, &l, &r)[0].text,
+            "quota project=vision: 3 GPUs leased + 1 requested <= 4"
+        );
+        r.gpus = 2;
+        assert_eq!(
+            failed(&quota_checks(&p, &l, &r)),
+            vec!["quota project=vision: 3 GPUs leased + 2 requested > 4"]
         );
     }
 

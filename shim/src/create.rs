@@ -5,6 +5,10 @@ use crate::admission::{self, Check, Kind, Request};
 use crate::argv::Invocation;
 use crate::clock::Clock;
 use crate::edits::{self, EditLog};
+use crate::gpu::inject::{self, Prepared};
+use crate::gpu::request::GpuRequest;
+use crate::gpu::select::{self, Selection};
+use crate::gpu::GpuInfo;
 use crate::host::Host;
 use crate::inventory::{Decision, Inventory, InventoryError, Outcome};
 use crate::lowlevel::{self, LowLevelError};
@@ -133,12 +137,17 @@ pub fn prepare(
             }
         },
     };
-    let request = Request {
+    let mut gpus = Gpus::read(&spec, policy, &mut notes);
+    let mut request = Request {
         uid: decision.uid,
         project: decision.project.clone(),
         memory: edits.effective.memory,
         cpus: edits.effective.cpus,
+        gpus: 0,
     };
+    // The spec with the granted GPUs injected, made in the transaction and used only
+    // once the decision that leases them is committed.
+    let mut injected: Option<Spec> = None;
     let creator = host
         .process_start(std::process::id())
         .map(|start| (std::process::id(), start));
@@ -146,6 +155,27 @@ pub fn prepare(
     let recorded = Inventory::open(&policy.inventory.path).and_then(|mut inventory| {
         inventory.admit(&mut decision, creator, host, |usage, d| {
             let mut checks = host_checks.clone();
+            let mut gpu_actions = Vec::new();
+            injected = None;
+            let selection = gpus.select(&usage.leases, policy);
+            let mut gpu_refusals: Vec<String> = gpus.refusals.clone();
+            if let Some(s) = &selection {
+                request.gpus = s.asked;
+                match &s.refusal {
+                    Some(r) => gpu_refusals.push(r.clone()),
+                    None => match gpus.inject(&spec, s) {
+                        Ok((done, actions)) => {
+                            gpu_actions = actions;
+                            injected = Some(done);
+                        }
+                        Err(e) => gpu_refusals.push(e.to_string()),
+                    },
+                }
+            }
+            d.leases = match (&selection, &injected) {
+                (Some(s), Some(_)) => s.grant.clone(),
+                _ => Vec::new(),
+            };
             if let Ok(h) = &probe {
                 checks.extend(admission::reservation_checks(a, h, &usage.all, &request));
             }
@@ -153,6 +183,7 @@ pub fn prepare(
             let failed: Vec<&str> = edits
                 .refusals
                 .iter()
+                .chain(&gpu_refusals)
                 .map(String::as_str)
                 .chain(checks.iter().filter(|c| !c.passed).map(|c| c.text.as_str()))
                 .collect();
@@ -161,6 +192,7 @@ pub fn prepare(
                 let said: Vec<&str> = edits
                     .actions
                     .iter()
+                    .chain(&gpu_actions)
                     .chain(&notes)
                     .map(String::as_str)
                     .collect();
@@ -172,21 +204,25 @@ pub fn prepare(
             } else {
                 d.outcome = Outcome::Refused;
                 d.reason = failed.join("; ");
+                d.leases.clear();
             }
             d.detail = serde_json::json!({
                 "subcommand": inv.subcommand,
                 "runtime": runtime,
                 "policy_files": loaded.files,
-                "actions": edits.actions,
-                "refusals": edits.refusals,
+                "actions": edits.actions.iter().chain(&gpu_actions).collect::<Vec<_>>(),
+                "refusals": edits.refusals.iter().chain(&gpu_refusals).collect::<Vec<_>>(),
                 "checks": checks,
                 "notes": notes,
                 "host": probe.as_ref().ok(),
                 "usage": usage,
+                "gpu_request": gpus.request,
+                "gpus": selection.as_ref().map(|s| &s.gpus),
             });
             // Capacity refusals are worth a second look once dead containers are
             // dropped; limits and host thresholds are not.
             checks.iter().any(|c| !c.passed && c.kind != Kind::Host)
+                || selection.as_ref().is_some_and(|s| s.refusal.is_some())
         })?;
         Ok(inventory)
     });
@@ -211,7 +247,9 @@ pub fn prepare(
     if decision.outcome != Outcome::Admitted {
         return Ok(Verdict::Refused(decision.reason));
     }
-    if edits.changed {
+    let changed = edits.changed || injected.is_some();
+    let spec = injected.unwrap_or(spec);
+    if changed {
         if let Err(e) = spec.save() {
             let _ = inventory.end(
                 &id,
@@ -223,6 +261,98 @@ pub fn prepare(
         }
     }
     Ok(Verdict::Admitted { runtime })
+}
+
+/// The GPU side of a create: the request, and for a request that needs selection the
+/// GPUs as NVML sees them and what injection needs. Read once, before the
+/// transaction.
+struct Gpus {
+    request: GpuRequest,
+    /// Set when GPUs are to be selected.
+    host: Option<HostGpus>,
+    /// Reasons to refuse found before selection (a malformed request, NVML missing).
+    refusals: Vec<String>,
+}
+
+/// The host's GPUs, the prepared injection, and the GPUs it cannot inject (why).
+type HostGpus = (Vec<GpuInfo>, Prepared, Vec<(u32, String)>);
+
+impl Gpus {
+    fn read(spec: &Spec, policy: &crate::policy::Policy, notes: &mut Vec<String>) -> Gpus {
+        let mut out = Gpus {
+            request: GpuRequest::None,
+            host: None,
+            refusals: Vec::new(),
+        };
+        out.request = match crate::gpu::request::parse(spec) {
+            Ok(r) => r,
+            Err(e) => {
+                out.refusals.push(e.to_string());
+                return out;
+            }
+        };
+        match out.request {
+            GpuRequest::None => return out,
+            GpuRequest::All { .. } if policy.gpu.all == crate::policy::AllGpus::Pass => {
+                notes.push("every GPU requested, passed through ([gpu] all = \"pass\")".into());
+                return out;
+            }
+            _ => {}
+        }
+        let read = crate::gpu::probe(policy.gpu.nvml_library.as_deref())
+            .map_err(|e| format!("cannot read the GPUs: {e}"))
+            .and_then(|gpus| {
+                inject::prepare(&policy.gpu, spec, &gpus)
+                    .map(|(prepared, blocked)| (gpus, prepared, blocked))
+                    .map_err(|e| e.to_string())
+            });
+        match (read, policy.admission.on_error) {
+            (Ok(host), _) => out.host = Some(host),
+            (Err(e), OnError::Refuse) => out
+                .refusals
+                .push(format!("{e} ([admission] on_error = \"refuse\")")),
+            (Err(e), OnError::Admit) => notes.push(format!(
+                "GPUs not selected, leased or injected: {e} ([admission] on_error = \"admit\")"
+            )),
+        }
+        out
+    }
+
+    /// Chooses against the live leases; None when there is nothing to choose.
+    fn select(
+        &self,
+        leases: &[crate::gpu::select::LiveLease],
+        policy: &crate::policy::Policy,
+    ) -> Option<Selection> {
+        let (gpus, _, blocked) = self.host.as_ref()?;
+        Some(select::select(
+            gpus,
+            leases,
+            &self.request,
+            &policy.gpu,
+            blocked,
+        ))
+    }
+
+    /// A copy of `spec` with the granted GPUs injected, and what was done.
+    fn inject(
+        &mut self,
+        spec: &Spec,
+        s: &Selection,
+    ) -> Result<(Spec, Vec<String>), inject::InjectError> {
+        let Some((gpus, prepared, _)) = self.host.as_mut() else {
+            return Ok((spec.clone(), Vec::new()));
+        };
+        let mut out = spec.clone();
+        let indexes: Vec<String> = s.grant.iter().map(|g| g.index.to_string()).collect();
+        let mut actions = vec![format!(
+            "GPU{} {} leased",
+            if indexes.len() == 1 { "" } else { "s" },
+            indexes.join(",")
+        )];
+        actions.extend(prepared.apply(&mut out, &s.grant, gpus)?);
+        Ok((out, actions))
+    }
 }
 
 /// A line kept beside the inventory for a decision the inventory could not take.
@@ -593,5 +723,231 @@ mod tests {
             run_create(&f, "e4", &host(), &mut log).unwrap(),
             Verdict::Admitted { .. }
         ));
+    }
+
+    /// A host on which the containers `ids` (under root /run/r) run: their state.json
+    /// names a live init process.
+    fn running(ids: &[&str]) -> crate::host::ProcHost {
+        let state = r#"{"init_process_pid":77,"init_process_start":5000}"#;
+        let stat = "77 (sleep) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5000 0 0\n";
+        let paths: Vec<String> = ids
+            .iter()
+            .map(|id| format!("run/r/{id}/state.json"))
+            .collect();
+        let mut files: Vec<(&str, &str)> = paths.iter().map(|p| (p.as_str(), state)).collect();
+        files.push(("proc/77/stat", stat));
+        let (dir, host) = crate::host::tests::fixture(&files);
+        std::mem::forget(dir);
+        host
+    }
+
+    /// Four GPUs; GPU 0 is at 90% utilization.
+    const FOUR_GPUS: &str = r#"{"gpus": [
+        {"uuid": "GPU-00000000-0000-0000-0000-000000000000", "minor": 0, "utilization_gpu": 90},
+        {"uuid": "GPU-11111111-1111-1111-1111-111111111111", "minor": 1},
+        {"uuid": "GPU-22222222-2222-2222-2222-222222222222", "minor": 2},
+        {"uuid": "GPU-33333333-3333-3333-3333-333333333333", "minor": 3}
+    ]}"#;
+
+    /// A device directory whose nodes are links to /dev/null (a character device
+    /// any user can stat).
+    fn device_dir(f: &Fixture) -> PathBuf {
+        let dir = f.dir.path().join("dev");
+        fs::create_dir(&dir).unwrap();
+        for name in ["nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl"] {
+            std::os::unix::fs::symlink("/dev/null", dir.join(name)).unwrap();
+        }
+        dir
+    }
+
+    fn gpu_spec(env: &[&str]) -> serde_json::Value {
+        let mut s = spec();
+        for e in env {
+            s["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push((*e).into());
+        }
+        s
+    }
+
+    fn written(f: &Fixture) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(f.bundle.join("config.json")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn gpus_are_chosen_leased_injected_and_released() {
+        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(FOUR_GPUS) else {
+            return;
+        };
+        let policy = |f: &Fixture, dev: &Path| {
+            let text = fs::read_to_string(&f.main).unwrap();
+            fs::write(
+                &f.main,
+                format!(
+                    "{text}[gpu]\nnvml_library = {lib:?}\ninject = \"devices\"\ndevice_dir = {dev:?}\n"
+                ),
+            )
+            .unwrap();
+        };
+        let f = fixture(
+            "",
+            gpu_spec(&["MLENV_GPUS=2", "NVIDIA_VISIBLE_DEVICES=all"]),
+        );
+        let dev = device_dir(&f);
+        policy(&f, &dev);
+        let mut log = RuncLog::stderr_only();
+        let host = running(&["g1", "g2", "g3", "g4", "g5"]);
+        let v = run_create(&f, "g1", &host, &mut log).unwrap();
+        assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
+        let w = written(&f);
+        let paths: Vec<&str> = w["linux"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/dev/nvidia1", "/dev/nvidia2", "/dev/nvidiactl"]);
+        let env = w["process"]["env"].as_array().unwrap();
+        assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=GPU-11111111-1111-1111-1111-111111111111,GPU-22222222-2222-2222-2222-222222222222".into()), "{env:?}");
+        assert_eq!(
+            env.iter()
+                .filter(|e| e.as_str().unwrap().starts_with("NVIDIA_VISIBLE_DEVICES="))
+                .count(),
+            1
+        );
+        let db = f.dir.path().join("inv/mlenv.db");
+        let inv = Inventory::open(&db).unwrap();
+        assert_eq!(inv.live().unwrap()[0].gpus, [1, 2]);
+        let d = inv.find("g1").unwrap().unwrap();
+        assert!(d.reason.contains("GPUs 1,2 leased"), "{}", d.reason);
+        let gpus = d.detail["gpus"].as_array().unwrap();
+        assert_eq!(gpus.len(), 4);
+        assert_eq!(
+            gpus[0]["why"],
+            "utilization 90% > 30% ([gpu] max_utilization)"
+        );
+        assert_eq!(gpus[1]["chosen"], true);
+
+        // The next one gets GPU 3; then none is left, and the refusal names each.
+        let mut create = |id: &str, env: &[&str]| {
+            fs::write(f.bundle.join("config.json"), gpu_spec(env).to_string()).unwrap();
+            run_create(&f, id, &host, &mut log).unwrap()
+        };
+        assert!(matches!(
+            create("g2", &["MLENV_GPUS=1"]),
+            Verdict::Admitted { .. }
+        ));
+        assert_eq!(written(&f)["linux"]["devices"][0]["path"], "/dev/nvidia3");
+        match create("g3", &["MLENV_GPUS=1"]) {
+            Verdict::Refused(r) => assert_eq!(
+                r,
+                "1 GPU requested, 0 free: GPU 0 (GPU-00000000): utilization 90% > 30% ([gpu] max_utilization); GPU 1 (GPU-11111111): leased to g1 (user 1000, project vision); GPU 2 (GPU-22222222): leased to g1 (user 1000, project vision); GPU 3 (GPU-33333333): leased to g2 (user 1000, project vision)"
+            ),
+            v => panic!("{v:?}"),
+        }
+        // Deleting g1 releases its two GPUs.
+        let del = scan(&["--root", "/run/r", "delete", "g1"].map(OsString::from));
+        record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap();
+        assert!(matches!(
+            create("g4", &["MLENV_GPUS=2"]),
+            Verdict::Admitted { .. }
+        ));
+        let inv = Inventory::open(&db).unwrap();
+        let held: Vec<(String, Vec<u32>)> = inv
+            .live()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.container_id, l.gpus))
+            .collect();
+        assert_eq!(
+            held,
+            [("g2".to_string(), vec![3]), ("g4".to_string(), vec![1, 2])]
+        );
+        // A container without a GPU request is untouched by all of this.
+        let plain = spec();
+        fs::write(f.bundle.join("config.json"), plain.to_string()).unwrap();
+        assert!(matches!(
+            run_create(&f, "g5", &host, &mut log).unwrap(),
+            Verdict::Admitted { .. }
+        ));
+        assert_eq!(written(&f), plain);
+    }
+
+    #[test]
+    fn without_nvml_gpu_requests_are_refused_or_admitted_blind() {
+        let nvml = "[gpu]\nnvml_library = \"/nonexistent/libnvidia-ml.so.1\"\n";
+        let mut log = RuncLog::stderr_only();
+        // No GPU asked: NVML is never loaded.
+        let f = fixture(nvml, spec());
+        assert!(matches!(
+            run_create(&f, "n1", &host(), &mut log).unwrap(),
+            Verdict::Admitted { .. }
+        ));
+        let f = fixture(nvml, gpu_spec(&["MLENV_GPUS=1"]));
+        match run_create(&f, "n2", &host(), &mut log).unwrap() {
+            Verdict::Refused(r) => {
+                assert!(
+                    r.starts_with("cannot read the GPUs: cannot load NVML from /nonexistent/libnvidia-ml.so.1"),
+                    "{r}"
+                );
+                assert!(r.ends_with("([admission] on_error = \"refuse\")"), "{r}");
+            }
+            v => panic!("{v:?}"),
+        }
+        let f = fixture(
+            &format!("{nvml}[admission]\non_error = \"admit\"\n"),
+            gpu_spec(&["MLENV_GPUS=1"]),
+        );
+        let before = fs::read(f.bundle.join("config.json")).unwrap();
+        assert!(matches!(
+            run_create(&f, "n3", &host(), &mut log).unwrap(),
+            Verdict::Admitted { .. }
+        ));
+        assert_eq!(fs::read(f.bundle.join("config.json")).unwrap(), before);
+        let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
+        let r = inv.find("n3").unwrap().unwrap().reason;
+        assert!(r.contains("GPUs not selected, leased or injected"), "{r}");
+        // A malformed request is the user's to fix.
+        let f = fixture(nvml, gpu_spec(&["MLENV_GPUS=two"]));
+        assert_eq!(
+            run_create(&f, "n4", &host(), &mut log).unwrap(),
+            Verdict::Refused("MLENV_GPUS=\"two\": expected a number of GPUs (or all)".into())
+        );
+    }
+
+    #[test]
+    fn gpu_quota_counts_leases() {
+        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(FOUR_GPUS) else {
+            return;
+        };
+        let f = fixture(
+            &format!(
+                "[gpu]\nnvml_library = {lib:?}\ninject = \"nvidia\"\nnvidia_hook = \"/bin/true\"\n[[quota]]\nproject = \"vision\"\nmax_gpus = 2\n"
+            ),
+            gpu_spec(&["MLENV_GPUS=1"]),
+        );
+        let mut log = RuncLog::stderr_only();
+        let host = running(&["q1"]);
+        assert!(matches!(
+            run_create(&f, "q1", &host, &mut log).unwrap(),
+            Verdict::Admitted { .. }
+        ));
+        // nvidia mode: the hook added first, the UUID set.
+        let w = written(&f);
+        assert_eq!(w["hooks"]["prestart"][0]["path"], "/bin/true");
+        assert!(w["process"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&"NVIDIA_VISIBLE_DEVICES=GPU-11111111-1111-1111-1111-111111111111".into()));
+        fs::write(
+            f.bundle.join("config.json"),
+            gpu_spec(&["MLENV_GPUS=2"]).to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            run_create(&f, "q2", &host, &mut log).unwrap(),
+            Verdict::Refused("quota project=vision: 1 GPUs leased + 2 requested > 2".into())
+        );
     }
 }

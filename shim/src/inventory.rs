@@ -7,6 +7,7 @@
 use crate::admission::{LiveUsage, Usage};
 use crate::clock::rfc3339;
 use crate::edits::Limits;
+use crate::gpu::select::{Granted, LiveLease};
 use crate::host::Host;
 use crate::liveness::{self, Liveness, Tracked};
 use rusqlite::config::DbConfig;
@@ -63,6 +64,29 @@ ALTER TABLE containers ADD COLUMN creator_pid INTEGER;
 ALTER TABLE containers ADD COLUMN creator_start INTEGER;
 CREATE INDEX containers_live_uid ON containers(uid) WHERE ended_ms IS NULL;
 CREATE INDEX containers_live_project ON containers(project) WHERE ended_ms IS NULL;
+"#,
+    r#"
+ALTER TABLE containers ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE leases (
+    id            INTEGER PRIMARY KEY,
+    container_row INTEGER NOT NULL REFERENCES containers(id),
+    gpu_uuid      TEXT NOT NULL,
+    gpu_index     INTEGER NOT NULL,
+    exclusive     INTEGER NOT NULL DEFAULT 1,
+    released_ms   INTEGER
+);
+-- At most one live exclusive lease per GPU: the database itself refuses a second.
+CREATE UNIQUE INDEX leases_exclusive ON leases(gpu_uuid)
+    WHERE released_ms IS NULL AND exclusive = 1;
+CREATE INDEX leases_live ON leases(container_row) WHERE released_ms IS NULL;
+-- A lease ends with its container, whichever path ends it (delete, reconciliation,
+-- replacement, the poststop hook).
+CREATE TRIGGER leases_release AFTER UPDATE OF ended_ms ON containers
+    WHEN NEW.ended_ms IS NOT NULL AND OLD.ended_ms IS NULL
+BEGIN
+    UPDATE leases SET released_ms = NEW.ended_ms
+    WHERE container_row = NEW.id AND released_ms IS NULL;
+END;
 "#,
 ];
 
@@ -135,6 +159,8 @@ pub struct Decision {
     pub effective: Limits,
     /// Free-form record of what was done (edits, policy files), for `explain`.
     pub detail: serde_json::Value,
+    /// GPUs leased to the container when admitted (exclusive).
+    pub leases: Vec<Granted>,
 }
 
 /// An admitted container not yet deleted.
@@ -148,6 +174,8 @@ pub struct Live {
     pub project: Option<String>,
     pub limits: Limits,
     pub decision_id: i64,
+    /// Indexes of the GPUs it holds.
+    pub gpus: Vec<u32>,
 }
 
 pub struct Inventory {
@@ -387,14 +415,23 @@ impl Inventory {
         Ok(n)
     }
 
+    /// The GPU leases of live containers.
+    pub fn leases(&self) -> Result<Vec<LiveLease>, InventoryError> {
+        live_leases(&self.conn).map_err(|e| self.sql("listing GPU leases", e))
+    }
+
     /// Live containers, oldest first.
     pub fn live(&self) -> Result<Vec<Live>, InventoryError> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT container_id, root, created_ms, uid, gid, project, memory, swap, cpus,
-                        pids, decision_id
-                 FROM containers WHERE ended_ms IS NULL ORDER BY created_ms, id",
+                        pids, decision_id,
+                        (SELECT group_concat(gpu_index) FROM
+                            (SELECT gpu_index FROM leases
+                             WHERE container_row = c.id AND released_ms IS NULL
+                             ORDER BY gpu_index))
+                 FROM containers c WHERE ended_ms IS NULL ORDER BY created_ms, id",
             )
             .map_err(|e| self.sql("listing live containers", e))?;
         let rows = stmt
@@ -413,6 +450,10 @@ impl Inventory {
                         pids: r.get(9)?,
                     },
                     decision_id: r.get(10)?,
+                    gpus: r
+                        .get::<_, Option<String>>(11)?
+                        .map(|g| g.split(',').filter_map(|i| i.parse().ok()).collect())
+                        .unwrap_or_default(),
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -507,8 +548,8 @@ fn insert(
         .map_err(|e| ("ending a replaced container", e))?;
         tx.execute(
             "INSERT INTO containers (decision_id, container_id, root, created_ms, uid, gid,
-                project, memory, swap, cpus, pids, creator_pid, creator_start)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                project, memory, swap, cpus, pids, creator_pid, creator_start, gpus)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 id,
                 d.container_id,
@@ -523,9 +564,18 @@ fn insert(
                 d.effective.pids,
                 creator.map(|c| c.0),
                 creator.map(|c| c.1 as i64),
+                d.leases.len() as i64,
             ],
         )
         .map_err(|e| ("recording the live container", e))?;
+        let row = tx.last_insert_rowid();
+        for g in &d.leases {
+            tx.prepare_cached(
+                "INSERT INTO leases (container_row, gpu_uuid, gpu_index) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut st| st.execute(params![row, g.uuid, g.index]))
+            .map_err(|e| ("leasing a GPU", e))?;
+        }
     }
     Ok(id)
 }
@@ -539,11 +589,13 @@ fn live_usage(
     // One pass over the live rows for all three sums: every statement a create
     // compiles costs it time, there being no statement cache across processes.
     tx.prepare_cached(
-        "SELECT count(*), total(memory), total(cpus),
+        "SELECT count(*), total(memory), total(cpus), total(gpus),
                 total(uid = ?1), total(CASE WHEN uid = ?1 THEN memory END),
                 total(CASE WHEN uid = ?1 THEN cpus END),
+                total(CASE WHEN uid = ?1 THEN gpus END),
                 total(project = ?2), total(CASE WHEN project = ?2 THEN memory END),
-                total(CASE WHEN project = ?2 THEN cpus END)
+                total(CASE WHEN project = ?2 THEN cpus END),
+                total(CASE WHEN project = ?2 THEN gpus END)
          FROM containers WHERE ended_ms IS NULL",
     )?
     .query_row(params![uid, project], |r| {
@@ -552,18 +604,38 @@ fn live_usage(
                 containers: r.get::<_, f64>(base)? as u32,
                 memory: r.get::<_, f64>(base + 1)? as u64,
                 cpus: r.get(base + 2)?,
+                gpus: r.get::<_, f64>(base + 3)? as u32,
             })
         };
         Ok(LiveUsage {
-            all: Usage {
-                containers: r.get(0)?,
-                memory: r.get::<_, f64>(1)? as u64,
-                cpus: r.get(2)?,
-            },
-            user: usage(3)?,
-            project: usage(6)?,
+            all: usage(0)?,
+            user: usage(4)?,
+            project: usage(8)?,
+            leases: Vec::new(),
         })
     })
+    .and_then(|mut usage| {
+        usage.leases = live_leases(tx)?;
+        Ok(usage)
+    })
+}
+
+/// The GPU leases of live containers.
+fn live_leases(conn: &Connection) -> rusqlite::Result<Vec<LiveLease>> {
+    conn.prepare_cached(
+        "SELECT l.gpu_uuid, c.container_id, c.uid, c.project
+         FROM leases l JOIN containers c ON c.id = l.container_row
+         WHERE l.released_ms IS NULL ORDER BY l.gpu_index",
+    )?
+    .query_map([], |r| {
+        Ok(LiveLease {
+            uuid: r.get(0)?,
+            container_id: r.get(1)?,
+            uid: r.get(2)?,
+            project: r.get(3)?,
+        })
+    })?
+    .collect()
 }
 
 /// Ends the live containers whose process is gone; returns how many.
@@ -626,6 +698,7 @@ fn decision_from_row(r: &rusqlite::Row) -> rusqlite::Result<Decision> {
         requested: limits(10)?,
         effective: limits(14)?,
         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        leases: Vec::new(),
     })
 }
 
@@ -646,6 +719,7 @@ impl Decision {
             requested: Limits::default(),
             effective: Limits::default(),
             detail: serde_json::Value::Null,
+            leases: Vec::new(),
         }
     }
 
@@ -822,7 +896,8 @@ mod tests {
             Usage {
                 containers: 3,
                 memory: 3 << 30,
-                cpus: 3.5
+                cpus: 3.5,
+                gpus: 0
             }
         );
         assert_eq!(
@@ -830,7 +905,8 @@ mod tests {
             Usage {
                 containers: 2,
                 memory: 1 << 30,
-                cpus: 3.5
+                cpus: 3.5,
+                gpus: 0
             }
         );
         assert_eq!(
@@ -838,7 +914,8 @@ mod tests {
             Usage {
                 containers: 2,
                 memory: 3 << 30,
-                cpus: 1.5
+                cpus: 1.5,
+                gpus: 0
             }
         );
         let seen = add("f", 3000, None, None, None, Outcome::Refused);

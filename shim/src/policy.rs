@@ -27,6 +27,7 @@ pub struct Policy {
     pub inventory: InventorySection,
     pub limits: LimitsSection,
     pub admission: AdmissionSection,
+    pub gpu: GpuSection,
     /// `[[quota]]` blocks. Drop-ins add blocks; a block for the same user, project or
     /// `others` replaces the earlier one.
     #[serde(rename = "quota", skip_serializing_if = "Vec::is_empty")]
@@ -155,6 +156,112 @@ pub enum OnError {
     Admit,
 }
 
+/// GPUs: where NVML is, which GPUs count as free, how they are chosen and how the
+/// chosen ones reach the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuSection {
+    /// libnvidia-ml.so.1 from the loader's search path when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvml_library: Option<PathBuf>,
+    /// A GPU busier than this (percent) is not free.
+    pub max_utilization: Switch<Percent>,
+    /// A GPU with less free memory than this is not free.
+    pub min_free_memory: Switch<ByteSize>,
+    /// Whether a compute process that mlenv did not place makes a GPU busy.
+    pub foreign_processes: ForeignProcesses,
+    pub strategy: Strategy,
+    /// Docker's `--gpus N` (seen as 0..N-1): choose the best N, or take 0..N-1.
+    pub docker_gpus_count: DockerGpusCount,
+    /// A request for every GPU of the host.
+    pub all: AllGpus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_container: Option<u32>,
+    pub inject: Inject,
+    /// Where the host's NVIDIA device nodes are (`devices` mode).
+    pub device_dir: PathBuf,
+    /// NVIDIA's prestart hook (`nvidia` mode adds it when the spec has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvidia_hook: Option<PathBuf>,
+    /// Where CDI specs are read (`cdi` mode), in priority order.
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    /// The CDI device kind of NVIDIA GPUs.
+    pub cdi_kind: String,
+}
+
+impl Default for GpuSection {
+    fn default() -> Self {
+        GpuSection {
+            nvml_library: None,
+            max_utilization: Switch::On(Percent(30.0)),
+            min_free_memory: Switch::On(ByteSize(1 << 30)),
+            foreign_processes: ForeignProcesses::Busy,
+            strategy: Strategy::Spread,
+            docker_gpus_count: DockerGpusCount::Reselect,
+            all: AllGpus::Refuse,
+            max_per_container: None,
+            inject: Inject::Nvidia,
+            device_dir: PathBuf::from("/dev"),
+            nvidia_hook: None,
+            cdi_spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
+            cdi_kind: "nvidia.com/gpu".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForeignProcesses {
+    /// A GPU running a compute process that no mlenv lease placed there is busy.
+    #[default]
+    Busy,
+    /// Such processes are ignored (utilization and memory still count).
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The least busy free GPUs: lowest utilization, then most free memory.
+    #[default]
+    Spread,
+    /// The busiest free GPUs, lowest index first on ties: keeps whole GPUs idle for
+    /// big jobs.
+    Pack,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DockerGpusCount {
+    #[default]
+    Reselect,
+    AsIs,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllGpus {
+    /// Refused, with how to ask for a number instead.
+    #[default]
+    Refuse,
+    /// Every GPU free right now (at least one).
+    Free,
+    /// Left as asked: no selection, no lease, no edit.
+    Pass,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Inject {
+    /// NVIDIA_VISIBLE_DEVICES = the chosen UUIDs; NVIDIA's hook mounts the driver.
+    #[default]
+    Nvidia,
+    /// The CDI edits of the chosen devices.
+    Cdi,
+    /// The device nodes and their cgroup rules, in the spec.
+    Devices,
+}
+
 /// A user, by uid or by name (resolved on this host when the policy loads).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -180,6 +287,8 @@ pub struct Quota {
     pub max_memory: Option<ByteSize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_cpus: Option<Cpus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_gpus: Option<u32>,
     /// The uid `user` names, filled in when the policy loads.
     #[serde(skip)]
     pub uid: Option<u32>,
@@ -379,9 +488,13 @@ impl Policy {
                     q.selector()
                 ));
             }
-            if q.max_containers.is_none() && q.max_memory.is_none() && q.max_cpus.is_none() {
+            if q.max_containers.is_none()
+                && q.max_memory.is_none()
+                && q.max_cpus.is_none()
+                && q.max_gpus.is_none()
+            {
                 return Err(format!(
-                    "[[quota]] {}: set at least one of max_containers, max_memory, max_cpus",
+                    "[[quota]] {}: set at least one of max_containers, max_memory, max_cpus, max_gpus",
                     q.selector()
                 ));
             }
@@ -420,6 +533,23 @@ impl Policy {
         pair(l.default_swap, l.max_swap, "swap")?;
         pair(l.default_cpus, l.max_cpus, "cpus")?;
         pair(l.default_pids, l.max_pids, "pids")?;
+        if self.gpu.max_per_container == Some(0) {
+            return Err(
+                "[gpu] max_per_container = 0 would refuse every GPU request; leave it out for no limit"
+                    .into(),
+            );
+        }
+        if self
+            .gpu
+            .cdi_kind
+            .split_once('/')
+            .is_none_or(|(v, c)| v.is_empty() || c.is_empty())
+        {
+            return Err(format!(
+                "[gpu] cdi_kind = {:?}: expected vendor/class, as \"nvidia.com/gpu\"",
+                self.gpu.cdi_kind
+            ));
+        }
         Ok(())
     }
 
@@ -584,11 +714,15 @@ mod tests {
         full.limits.max_cpus = Some(Cpus(1.0));
         full.limits.default_pids = Some(Pids(1));
         full.limits.max_pids = Some(Pids(1));
+        full.gpu.nvml_library = Some(PathBuf::from("/x"));
+        full.gpu.max_per_container = Some(1);
+        full.gpu.nvidia_hook = Some(PathBuf::from("/x"));
         full.quotas.push(Quota {
             project: Some("p".into()),
             max_containers: Some(1),
             max_memory: Some(ByteSize(1)),
             max_cpus: Some(Cpus(1.0)),
+            max_gpus: Some(1),
             ..Quota::default()
         });
         full.quotas.push(Quota {
@@ -673,11 +807,37 @@ default_cpus = 2
 max_cpus = 15.5
 default_pids = 4096
 max_pids = 32768
+[gpu]
+nvml_library = "/opt/nvidia/libnvidia-ml.so.1"
+max_utilization = false
+min_free_memory = "20G"
+foreign_processes = "ignore"
+strategy = "pack"
+docker_gpus_count = "as-is"
+all = "free"
+max_per_container = 4
+inject = "devices"
+device_dir = "/tmp/dev"
+cdi_spec_dirs = ["/etc/cdi"]
 "#,
             ),
             &[],
         );
         let p = load(&main).unwrap().policy;
+        let g = &p.gpu;
+        assert_eq!(g.max_utilization, Switch::Off);
+        assert_eq!(g.min_free_memory, Switch::On(ByteSize(20 << 30)));
+        assert_eq!(
+            (g.foreign_processes, g.strategy, g.docker_gpus_count, g.all),
+            (
+                ForeignProcesses::Ignore,
+                Strategy::Pack,
+                DockerGpusCount::AsIs,
+                AllGpus::Free
+            )
+        );
+        assert_eq!((g.max_per_container, g.inject), (Some(4), Inject::Devices));
+        assert_eq!(g.cdi_kind, "nvidia.com/gpu");
         assert_eq!(p.on_invalid_policy, OnInvalidPolicy::LastKnownGood);
         assert_eq!(p.runtime.path, Some(PathBuf::from("/usr/bin/crun")));
         assert_eq!(p.limits.over_limit, OverLimit::Clamp);

@@ -78,6 +78,50 @@ impl Spec {
             .next_back()
     }
 
+    /// Sets `name=value` in `process.env`: the first entry of that name is replaced
+    /// and later duplicates dropped, else it is appended. Returns whether anything
+    /// changed.
+    pub fn set_env(&mut self, name: &str, value: &str) -> Result<bool, SpecError> {
+        let entry = format!("{name}={value}");
+        let env = self.array_mut(&["process"], "env")?;
+        let same = |v: &Value| {
+            v.as_str()
+                .and_then(|s| s.split_once('='))
+                .is_some_and(|(k, _)| k == name)
+        };
+        let before = env.clone();
+        match env.iter().position(same) {
+            Some(first) => {
+                env[first] = Value::String(entry);
+                let mut i = 0;
+                env.retain(|v| {
+                    i += 1;
+                    i - 1 == first || !same(v)
+                });
+            }
+            None => env.push(Value::String(entry)),
+        }
+        Ok(*env != before)
+    }
+
+    /// The array `key` in the object at `path`, created empty where missing or null.
+    pub fn array_mut(&mut self, path: &[&str], key: &str) -> Result<&mut Vec<Value>, SpecError> {
+        let obj = self.object_mut(path)?;
+        let slot = obj
+            .entry(key.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if slot.is_null() {
+            *slot = Value::Array(Vec::new());
+        }
+        if !slot.is_array() {
+            let mut field = path.join("/");
+            field.push('/');
+            field.push_str(key);
+            return Err(shape(&field, slot, "an array"));
+        }
+        Ok(slot.as_array_mut().expect("checked above"))
+    }
+
     /// `process.user.uid` and `gid` (0 when absent, as runc reads them).
     pub fn user(&self) -> (u32, u32) {
         let get = |f: &str| {
@@ -160,6 +204,19 @@ mod tests {
         assert_eq!(s.env("B"), Some("x=y"));
         assert_eq!(s.env("C"), None);
         assert_eq!(spec(json!({})).env("A"), None);
+    }
+
+    #[test]
+    fn set_env_replaces_once_and_is_idempotent() {
+        let mut s = spec(json!({"process": {"env": ["A=1", "X=0,1", "B=2", "X=3"]}}));
+        assert!(s.set_env("X", "GPU-a").unwrap());
+        assert_eq!(s.json["process"]["env"], json!(["A=1", "X=GPU-a", "B=2"]));
+        assert!(!s.set_env("X", "GPU-a").unwrap());
+        let mut s = spec(json!({"process": {}}));
+        assert!(s.set_env("X", "1").unwrap());
+        assert_eq!(s.json["process"]["env"], json!(["X=1"]));
+        let mut s = spec(json!({"process": {"env": "A=1"}}));
+        assert!(s.set_env("X", "1").is_err());
     }
 
     #[test]

@@ -179,6 +179,16 @@ impl<'de> Deserialize<'de> for Pids {
     }
 }
 
+/// A size for messages, to one decimal in G or whole M: `2.1G`, `512M`.
+pub fn rounded(b: u64) -> String {
+    let g = b as f64 / (1u64 << 30) as f64;
+    if g >= 1.0 {
+        format!("{}G", Cpus((g * 10.0).round() / 10.0))
+    } else {
+        format!("{}M", (b as f64 / (1u64 << 20) as f64).round())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

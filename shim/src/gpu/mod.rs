@@ -1,7 +1,11 @@
 //! GPUs: what the host has (`probe`, through NVML) and what a container asks for
 //! (`request`). Selection, leases and injection build on these (issue 4).
 
+pub mod cdi;
+pub mod devices;
+pub mod inject;
 pub mod probe;
 pub mod request;
+pub mod select;
 
 pub use probe::{fake_nvml_path, probe, GpuError, GpuInfo, GpuProcess};

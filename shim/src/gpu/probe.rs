@@ -119,11 +119,11 @@ pub fn fake_nvml_path(target_dir: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// target/debug, from target/debug/deps/<test binary>.
-    fn fake() -> Option<PathBuf> {
+    pub(crate) fn fake() -> Option<PathBuf> {
         let exe = std::env::current_exe().ok()?;
         let lib = fake_nvml_path(exe.parent()?.parent()?);
         if lib.exists() {
@@ -211,4 +211,23 @@ mod tests {
     }
 
     pub static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// The test NVML library serving `json`, for as long as the guard lives; None
+    /// (test skipped) when it is not built.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn fake_gpus(
+        json: &str,
+    ) -> Option<(
+        std::sync::MutexGuard<'static, ()>,
+        PathBuf,
+        tempfile::TempDir,
+    )> {
+        let lib = fake()?;
+        let guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("gpus.json");
+        std::fs::write(&cfg, json).unwrap();
+        std::env::set_var("MLENV_FAKE_NVML_CONFIG", &cfg);
+        Some((guard, lib, dir))
+    }
 }

@@ -47,6 +47,7 @@ pub struct Gpu {
     #[serde(default = "default_name")]
     pub name: String,
     pub minor: u32,
+    #[serde(default = "default_memory")]
     pub memory_total: u64,
     #[serde(default)]
     pub memory_used: u64,
@@ -58,6 +59,11 @@ pub struct Gpu {
     pub processes: Vec<Process>,
     #[serde(default)]
     pub mig_mode: u32,
+}
+
+/// Matches the default name: 80 GiB.
+fn default_memory() -> u64 {
+    80 << 30
 }
 
 fn default_name() -> String {
