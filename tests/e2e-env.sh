@@ -6,6 +6,10 @@
 #   tests/e2e-env.sh start   # prints the variables the tests read; also in /run/mlenv-e2e/env
 #   tests/e2e-env.sh stop
 #
+# dockerd finds a stub nvidia-container-runtime-hook on its PATH, so `docker run --gpus`
+# works as on a GPU host (dockerd only offers --gpus when that hook exists): the stub
+# reads the container state and exits 0; mlenv injects the devices itself.
+#
 # dockerd registers mlenv-runtime from target/debug (or $MLENV_BIN_DIR) as runtime
 # "mlenv" and makes it the default runtime, so compose files that never name it still
 # go through it. Both engines get MLENV_CONFIG, which the runtime inherits through
@@ -34,7 +38,14 @@ start() {
         exit 1
     fi
     stop quiet
-    mkdir -p "$run/policy" "$data"
+    mkdir -p "$run/policy" "$run/bin" "$data"
+    cat >"$run/bin/nvidia-container-runtime-hook" <<'HOOK'
+#!/bin/sh
+# Stub of NVIDIA's prestart hook for the e2e engines: reads the OCI state, does nothing.
+cat >/dev/null
+exit 0
+HOOK
+    chmod 755 "$run/bin/nvidia-container-runtime-hook"
     cat >"$policy" <<TOML
 # Baseline policy of the e2e engines; tests overwrite this file.
 [inventory]
@@ -57,7 +68,7 @@ JSON
     echo $! >"$run/containerd.pid"
     wait_for containerd ctr --address "$run/containerd.sock" version || { tail -20 "$run/containerd.log" >&2; exit 1; }
 
-    MLENV_CONFIG=$policy setsid dockerd \
+    PATH=$run/bin:$PATH MLENV_CONFIG=$policy setsid dockerd \
         --containerd "$run/containerd.sock" \
         --data-root "$data/docker" \
         --exec-root "$run/docker" \

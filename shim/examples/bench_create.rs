@@ -1,7 +1,7 @@
 //! Whole-process create latency: `runc create` against `mlenv-runtime create` on the
 //! same bundle, interleaved in the same run so that both see the same machine.
 //!
-//!     cargo build --release --workspace --examples
+//!     cargo build --release --workspace && cargo build --release --examples
 //!     sudo target/release/examples/bench_create [iterations]
 //!
 //! Three cases, each timed from spawn to exit of the create command (delete is not
@@ -9,6 +9,11 @@
 //! record, exec); mlenv with default limits that rewrite config.json every time (the
 //! spec is restored before each run, untimed). Prints median, p95 and mean, and the
 //! median added over runc.
+//!
+//! A fourth case asks for one GPU (`MLENV_GPUS=1`) on eight GPUs served by the test
+//! NVML library (target/release/libmlenv_fake_nvml.so), injected as device nodes: the
+//! GPU path (NVML load and probe, selection, lease, device edit) against runc
+//! creating the same bundle without them.
 //!
 //! runc's own create varies by a millisecond or more from run to run, more than mlenv
 //! adds; so the same three cases run once more with `/bin/true` standing in for runc,
@@ -94,6 +99,44 @@ fn main() {
     spec["process"]["args"] = serde_json::json!(["true"]);
     let pristine = serde_json::to_vec(&spec).unwrap();
     fs::write(&cfg, &pristine).unwrap();
+    let gpu_bundle = dir.join("gpu-bundle");
+    fs::create_dir(&gpu_bundle).unwrap();
+    spec["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("MLENV_GPUS=1".into());
+    let gpu_cfg = gpu_bundle.join("config.json");
+    let gpu_pristine = serde_json::to_vec(&spec).unwrap();
+    fs::write(&gpu_cfg, &gpu_pristine).unwrap();
+    // Eight idle GPUs through the test NVML library, device nodes standing in as links
+    // to /dev/null.
+    let nvml = dir.join("nvml");
+    fs::create_dir(&nvml).unwrap();
+    let fake = bin_dir.join("libmlenv_fake_nvml.so");
+    assert!(
+        fake.exists(),
+        "{} missing: cargo build --release --workspace first",
+        fake.display()
+    );
+    fs::copy(&fake, nvml.join("libnvidia-ml.so.1")).unwrap();
+    let gpus: Vec<String> = (0..8)
+        .map(|i| format!(r#"{{"uuid": "GPU-{i:08}-0000-0000-0000-000000000000", "minor": {i}}}"#))
+        .collect();
+    fs::write(
+        nvml.join("fake-nvml.json"),
+        format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
+    )
+    .unwrap();
+    let dev = dir.join("dev");
+    fs::create_dir(&dev).unwrap();
+    for i in 0..8 {
+        std::os::unix::fs::symlink("/dev/null", dev.join(format!("nvidia{i}"))).unwrap();
+    }
+    std::os::unix::fs::symlink("/dev/null", dev.join("nvidiactl")).unwrap();
+    let gpu_policy = format!(
+        "[gpu]\nnvml_library = {:?}\ninject = \"devices\"\ndevice_dir = {dev:?}\n",
+        nvml.join("libnvidia-ml.so.1")
+    );
 
     let write_policy = |name: &str, runtime: &Path, body: &str| -> PathBuf {
         let p = dir.join(name).join("mlenv.toml");
@@ -115,10 +158,12 @@ fn main() {
     let truebin = PathBuf::from("/bin/true");
     let no_edit_true = write_policy("plain-true", &truebin, "");
     let limits_true = write_policy("limits-true", &truebin, LIMITS);
+    let gpu = write_policy("gpu", &runc, &gpu_policy);
+    let gpu_true = write_policy("gpu-true", &truebin, &gpu_policy);
     let state = dir.join("state");
     let log = dir.join("log.json");
 
-    let create = |bin: &Path, policy: Option<&Path>, id: &str| {
+    let create_in = |bundle: &Path, bin: &Path, policy: Option<&Path>, id: &str| {
         let mut c = Command::new(bin);
         if let Some(p) = policy {
             c.env("MLENV_CONFIG", p);
@@ -129,9 +174,10 @@ fn main() {
             "create",
             "--bundle",
         ]);
-        c.arg(&bundle).arg(id);
+        c.arg(bundle).arg(id);
         c
     };
+    let create = |bin: &Path, policy: Option<&Path>, id: &str| create_in(&bundle, bin, policy, id);
     // Deletes go through the runtime that created (untimed), so that mlenv's
     // inventory sees them as it does under an engine.
     let delete = |bin: &Path, policy: Option<&Path>, id: &str| {
@@ -149,6 +195,7 @@ fn main() {
         delete(&mlenv, Some(&no_edit), &id);
     }
     let (mut t_runc, mut t_plain, mut t_limits) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut t_runc_gpu, mut t_gpu) = (Vec::new(), Vec::new());
     for i in 0..n {
         let id = format!("r{i}");
         t_runc.push(timed(&mut create(&runc, None, &id)));
@@ -161,8 +208,16 @@ fn main() {
         t_limits.push(timed(&mut create(&mlenv, Some(&limits), &id)));
         delete(&mlenv, Some(&limits), &id);
         fs::write(&cfg, &pristine).unwrap();
+        let id = format!("gr{i}");
+        t_runc_gpu.push(timed(&mut create_in(&gpu_bundle, &runc, None, &id)));
+        delete(&runc, None, &id);
+        let id = format!("g{i}");
+        t_gpu.push(timed(&mut create_in(&gpu_bundle, &mlenv, Some(&gpu), &id)));
+        delete(&mlenv, Some(&gpu), &id);
+        fs::write(&gpu_cfg, &gpu_pristine).unwrap();
     }
     let (mut t_true, mut t_plain_true, mut t_limits_true) = (Vec::new(), Vec::new(), Vec::new());
+    let mut t_gpu_true = Vec::new();
     for i in 0..n {
         let id = format!("t{i}");
         t_true.push(timed(&mut create(&truebin, None, &id)));
@@ -171,6 +226,14 @@ fn main() {
         t_limits_true.push(timed(&mut create(&mlenv, Some(&limits_true), &id)));
         delete(&mlenv, Some(&limits_true), &id);
         fs::write(&cfg, &pristine).unwrap();
+        t_gpu_true.push(timed(&mut create_in(
+            &gpu_bundle,
+            &mlenv,
+            Some(&gpu_true),
+            &id,
+        )));
+        delete(&mlenv, Some(&gpu_true), &id);
+        fs::write(&gpu_cfg, &gpu_pristine).unwrap();
     }
     println!(
         "create latency, {n} interleaved runs each ({})",
@@ -179,24 +242,31 @@ fn main() {
     println!("added per run, paired with the runc create just before it:");
     paired("mlenv (no edit) - runc", &t_plain, &t_runc);
     paired("mlenv (limits edit) - runc", &t_limits, &t_runc);
+    paired("mlenv (1 GPU) - runc", &t_gpu, &t_runc_gpu);
     let base = stats("runc create", &mut t_runc);
     let plain = stats("mlenv create (no edit)", &mut t_plain);
     let lim = stats("mlenv create (limits edit)", &mut t_limits);
+    let base_gpu = stats("runc create (GPU bundle)", &mut t_runc_gpu);
+    let with_gpu = stats("mlenv create (1 GPU)", &mut t_gpu);
     println!(
-        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms",
+        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms, 1 GPU {:+.3} ms",
         plain - base,
-        lim - base
+        lim - base,
+        with_gpu - base_gpu
     );
     println!();
     println!("mlenv alone, /bin/true standing in for runc");
     paired("mlenv -> true (no edit)", &t_plain_true, &t_true);
     paired("mlenv -> true (limits)", &t_limits_true, &t_true);
+    paired("mlenv -> true (1 GPU)", &t_gpu_true, &t_true);
     let base = stats("/bin/true", &mut t_true);
     let plain = stats("mlenv -> true (no edit)", &mut t_plain_true);
     let lim = stats("mlenv -> true (limits edit)", &mut t_limits_true);
+    let with_gpu = stats("mlenv -> true (1 GPU)", &mut t_gpu_true);
     println!(
-        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms",
+        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms, 1 GPU {:+.3} ms",
         plain - base,
-        lim - base
+        lim - base,
+        with_gpu - base
     );
 }

@@ -216,7 +216,7 @@ pub fn prepare(
                 "notes": notes,
                 "host": probe.as_ref().ok(),
                 "usage": usage,
-                "gpu_request": gpus.request,
+                "gpu_request": (gpus.request != GpuRequest::None).then(|| gpus.request.to_string()),
                 "gpus": selection.as_ref().map(|s| &s.gpus),
             });
             // Capacity refusals are worth a second look once dead containers are

@@ -92,11 +92,15 @@ fn concurrent_creates_all_recorded() {
     let body = fs::read_to_string(&p.main).unwrap();
     fs::write(&p.main, format!("{body}[runtime]\npath = {stand_in:?}\n[limits]\nover_limit = \"clamp\"\nmax_pids = 100\n\
          [admission]\nmemory_overcommit = false\ncpu_overcommit = false\n")).unwrap();
+    // The captured spec asks for a GPU (MLENV_GPUS=1); this test is about the
+    // inventory, not GPUs.
     let spec = fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/fixtures/specs/docker-20.10-run.json"
     ))
-    .unwrap();
+    .unwrap()
+    .replace("\"MLENV_GPUS=1\"", "\"MLENV_GPUS=0\"");
+    assert!(spec.contains("MLENV_GPUS=0"));
     let children: Vec<_> = (0..20)
         .map(|i| {
             let bundle = p.dir.path().join(format!("b{i}"));

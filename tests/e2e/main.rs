@@ -9,5 +9,6 @@ mod admission;
 mod cli;
 mod containerd;
 mod docker;
+mod gpu;
 mod runc;
 mod support;

@@ -51,6 +51,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// CDI devices as mlenv sees them (inject = "cdi").
+    Cdi {
+        #[command(subcommand)]
+        command: CdiCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CdiCmd {
+    /// List the CDI devices of a kind in the spec directories (default: the
+    /// policy's [gpu] cdi_spec_dirs and cdi_kind).
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+        dirs: Vec<PathBuf>,
+    },
+    /// The CDI edits of devices applied to an empty spec, as JSON (what mlenv-runtime
+    /// merges into config.json).
+    #[command(hide = true)]
+    Edits {
+        #[arg(long)]
+        uid: u32,
+        #[arg(long)]
+        gid: u32,
+        dirs: Vec<PathBuf>,
+        #[arg(last = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +97,7 @@ fn main() -> ExitCode {
             command: PolicyCmd::Check { file },
         } => policy_check(file.as_deref()),
         Cmd::Ps { json } => ps(json),
+        Cmd::Cdi { command } => cdi(command),
         Cmd::History { since, limit, json } => history(since.as_deref(), limit, json),
         Cmd::Explain { id, json } => explain(&id, json),
     };
@@ -148,6 +179,37 @@ fn json_out<T: serde::Serialize>(v: &T) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn cdi(command: CdiCmd) -> Result<ExitCode, String> {
+    use mlenv::gpu::cdi::resolve;
+    match command {
+        CdiCmd::List { kind, json, dirs } => {
+            let gpu = policy::load(&policy::main_path())
+                .map(|l| l.policy.gpu)
+                .unwrap_or_default();
+            let kind = kind.unwrap_or(gpu.cdi_kind);
+            let dirs = if dirs.is_empty() {
+                gpu.cdi_spec_dirs
+            } else {
+                dirs
+            };
+            let names = resolve::devices(&dirs, &kind)?;
+            if json {
+                return json_out(&names);
+            }
+            for n in names {
+                println!("{n}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CdiCmd::Edits {
+            uid,
+            gid,
+            dirs,
+            names,
+        } => json_out(&resolve::edits(&dirs, uid, gid, &names)?),
+    }
+}
+
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
@@ -210,6 +272,7 @@ fn ps(json: bool) -> Result<ExitCode, String> {
                 mem(l.limits.memory),
                 cpus(l.limits.cpus),
                 opt(l.limits.pids),
+                gpu_list(&l.gpus),
                 age(now - l.created_ms),
             ]
         })
@@ -222,6 +285,7 @@ fn ps(json: bool) -> Result<ExitCode, String> {
             "MEMORY",
             "CPUS",
             "PIDS",
+            "GPUS",
             "AGE",
         ],
         rows,
@@ -262,6 +326,16 @@ fn history(since: Option<&str>, limit: u32, json: bool) -> Result<ExitCode, Stri
         rows,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn gpu_list(gpus: &[u32]) -> String {
+    if gpus.is_empty() {
+        return "-".into();
+    }
+    gpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn limits_line(l: &Limits) -> String {
@@ -308,6 +382,31 @@ fn explain(id: &str, json: bool) -> Result<ExitCode, String> {
         for c in checks {
             let mark = if c["passed"] == true { "ok  " } else { "FAIL" };
             println!("check      {mark}  {}", c["text"].as_str().unwrap_or(""));
+        }
+    }
+    if let Some(req) = d.detail.get("gpu_request").and_then(|r| r.as_str()) {
+        println!("gpus       requested {req}");
+    }
+    // Every GPU as the decision saw it, and why it was or was not chosen.
+    if let Some(gpus) = d.detail.get("gpus").and_then(|v| v.as_array()) {
+        for g in gpus {
+            let mark = if g["chosen"] == true {
+                "chosen"
+            } else if g["free"] == true {
+                "free  "
+            } else {
+                "busy  "
+            };
+            println!(
+                "gpu        {mark}  {} {} {} util {}%, {} free of {}: {}",
+                g["index"],
+                g["uuid"].as_str().unwrap_or(""),
+                g["name"].as_str().unwrap_or(""),
+                g["utilization"],
+                mem(g["memory_free"].as_u64()),
+                mem(g["memory_total"].as_u64()),
+                g["why"].as_str().unwrap_or("")
+            );
         }
     }
     for key in ["actions", "refusals", "notes"] {

@@ -2,70 +2,149 @@
 //! `[gpu] cdi_spec_dirs` (as `nvidia-ctk cdi generate` writes them), read and applied
 //! by the container-device-interface crate.
 //!
+//! That crate brings a large dependency tree (a JSON schema validator with an HTTP
+//! client); linked into mlenv-runtime it made every runtime call, `state` and `start`
+//! included, 0.2 ms slower (relocations of a 4x larger binary; docs/benchmarks.md).
+//! So the crate runs only in the `mlenv` admin binary ([`resolve`], behind
+//! `mlenv cdi list` and `mlenv cdi edits`), which the runtime calls in `cdi` mode only.
+//!
 //! The crate edits an `oci_spec` Spec, which drops every field it does not model. So
 //! the edits are applied to an empty skeleton carrying only the container's user, and
-//! what they added is merged into the raw config.json: nothing the engine wrote is
-//! lost.
+//! what they added is merged into the raw config.json ([`merge`]): nothing the engine
+//! wrote is lost.
 
 use super::inject::InjectError;
 use super::probe::GpuInfo;
 use crate::spec::{Spec, SpecError};
-use container_device_interface::cache::Cache;
-use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::path::PathBuf;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-/// The CDI devices of one kind found in the spec directories.
-pub struct Devices {
-    cache: Cache,
-    names: Vec<String>,
-    dirs: Vec<PathBuf>,
-    kind: String,
-}
+/// The resolution itself, with the container-device-interface crate.
+pub mod resolve {
+    use container_device_interface::cache::Cache;
+    use serde_json::{json, Value};
+    use std::collections::HashMap;
+    use std::path::PathBuf;
 
-impl std::fmt::Debug for Devices {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Devices")
-            .field("names", &self.names)
-            .field("dirs", &self.dirs)
-            .finish()
+    fn shown(dirs: &[PathBuf]) -> String {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
-}
 
-impl Devices {
-    /// Reads every CDI spec in `dirs`. Specs that do not parse are skipped when others
-    /// provide devices of `kind`; with none, their errors are the error.
-    pub fn load(dirs: &[PathBuf], kind: &str) -> Result<Devices, String> {
+    fn cache(dirs: &[PathBuf]) -> (Cache, Result<(), String>) {
         let mut cache = Cache::new(
             dirs.iter().map(|d| d.display().to_string()).collect(),
             HashMap::new(),
             HashMap::new(),
         );
         let refreshed = cache.refresh().map_err(|e| e.to_string());
+        (cache, refreshed)
+    }
+
+    /// The qualified names of the devices of `kind` in `dirs`. Specs that do not
+    /// parse are skipped when others provide devices of `kind`; with none, their
+    /// errors are the error.
+    pub fn devices(dirs: &[PathBuf], kind: &str) -> Result<Vec<String>, String> {
+        let (mut cache, refreshed) = cache(dirs);
         let prefix = format!("{kind}=");
         let names: Vec<String> = cache
             .list_devices()
             .into_iter()
             .filter(|n| n.starts_with(&prefix))
             .collect();
-        let shown = dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
         if names.is_empty() {
             return Err(match refreshed {
-                Err(e) => format!("no usable CDI spec for {kind} in {shown}: {e}"),
+                Err(e) => format!("no usable CDI spec for {kind} in {}: {e}", shown(dirs)),
                 Ok(()) => format!(
-                    "no CDI device of kind {kind} in {shown}; generate them with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`"
+                    "no CDI device of kind {kind} in {}; generate them with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`",
+                    shown(dirs)
                 ),
             });
         }
+        Ok(names)
+    }
+
+    /// The edits of `names` applied to an empty spec of a container running as
+    /// uid:gid, as JSON.
+    pub fn edits(dirs: &[PathBuf], uid: u32, gid: u32, names: &[String]) -> Result<Value, String> {
+        let (mut cache, _) = cache(dirs);
+        let skeleton = json!({
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": uid, "gid": gid}, "cwd": "/", "env": []},
+            "root": {"path": "rootfs"},
+            "mounts": [],
+            "hooks": {},
+            "linux": {"devices": [], "resources": {"devices": []}},
+        });
+        let mut oci: oci_spec::runtime::Spec =
+            serde_json::from_value(skeleton).map_err(|e| e.to_string())?;
+        cache
+            .inject_devices(Some(&mut oci), names.to_vec())
+            .map_err(|e| format!("{e} ({})", shown(dirs)))?;
+        serde_json::to_value(&oci).map_err(|e| e.to_string())
+    }
+}
+
+/// The CDI devices of one kind, as `mlenv cdi list` found them.
+#[derive(Debug)]
+pub struct Devices {
+    names: Vec<String>,
+    dirs: Vec<PathBuf>,
+    kind: String,
+    /// The `mlenv` binary that resolves.
+    helper: PathBuf,
+}
+
+/// The `mlenv` binary beside the running one (mlenv-runtime is installed with it).
+pub fn helper_beside_me() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mlenv")))
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/mlenv"))
+}
+
+fn call(helper: &Path, args: &[String]) -> Result<Value, String> {
+    let out = Command::new(helper)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .trim_start_matches("mlenv: ")
+            .to_string());
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} {}: bad output: {e}", helper.display(), args.join(" ")))
+}
+
+impl Devices {
+    /// Lists the devices of `kind` in `dirs` through `helper` (`mlenv cdi list`).
+    pub fn load(dirs: &[PathBuf], kind: &str, helper: &Path) -> Result<Devices, String> {
+        let mut args = vec![
+            "cdi".into(),
+            "list".into(),
+            "--json".into(),
+            "--kind".into(),
+            kind.into(),
+        ];
+        args.extend(dirs.iter().map(|d| d.display().to_string()));
+        let names = call(helper, &args)?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Devices {
-            cache,
             names,
             dirs: dirs.to_vec(),
             kind: kind.to_string(),
+            helper: helper.to_path_buf(),
         })
     }
 
@@ -89,24 +168,20 @@ impl Devices {
 
     /// Applies the edits of `names` (qualified) to `spec`. Idempotent. Returns whether
     /// the spec changed.
-    pub fn apply(&mut self, spec: &mut Spec, names: &[String]) -> Result<bool, InjectError> {
+    pub fn apply(&self, spec: &mut Spec, names: &[String]) -> Result<bool, InjectError> {
         let (uid, gid) = spec.user();
-        let skeleton = json!({
-            "ociVersion": "1.0.2",
-            "process": {"user": {"uid": uid, "gid": gid}, "cwd": "/", "env": []},
-            "root": {"path": "rootfs"},
-            "mounts": [],
-            "hooks": {},
-            "linux": {"devices": [], "resources": {"devices": []}},
-        });
-        let dirs = self.dirs();
-        let cdi_error = |e: String| InjectError::Cdi(format!("{e} ({dirs})"));
-        let mut oci: oci_spec::runtime::Spec =
-            serde_json::from_value(skeleton).map_err(|e| cdi_error(e.to_string()))?;
-        self.cache
-            .inject_devices(Some(&mut oci), names.to_vec())
-            .map_err(|e| cdi_error(e.to_string()))?;
-        let edits = serde_json::to_value(&oci).map_err(|e| cdi_error(e.to_string()))?;
+        let mut args = vec![
+            "cdi".into(),
+            "edits".into(),
+            "--uid".into(),
+            uid.to_string(),
+            "--gid".into(),
+            gid.to_string(),
+        ];
+        args.extend(self.dirs.iter().map(|d| d.display().to_string()));
+        args.push("--".into());
+        args.extend(names.iter().cloned());
+        let edits = call(&self.helper, &args).map_err(InjectError::Cdi)?;
         Ok(merge(spec, &edits)?)
     }
 }
@@ -219,11 +294,33 @@ mod tests {
         }
     }
 
+    /// The `mlenv` binary of this build (target/debug/mlenv beside deps/).
+    fn helper() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let cli = exe.parent()?.parent()?.join("mlenv");
+        if cli.exists() {
+            return Some(cli);
+        }
+        let msg = format!("{} not built: run cargo build --workspace", cli.display());
+        if std::env::var("MLENV_E2E_REQUIRED").as_deref() == Ok("1") {
+            panic!("{msg}");
+        }
+        eprintln!("skipped: {msg}");
+        None
+    }
+
     #[test]
     fn names_by_uuid_then_index_and_merges_edits_keeping_the_spec() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nvidia.json"), CDI).unwrap();
-        let mut found = Devices::load(&[dir.path().to_path_buf()], "nvidia.com/gpu").unwrap();
+        let dirs = [dir.path().to_path_buf()];
+        let names = resolve::devices(&dirs, "nvidia.com/gpu").unwrap();
+        let found = Devices {
+            names,
+            dirs: dirs.to_vec(),
+            kind: "nvidia.com/gpu".into(),
+            helper: PathBuf::from("/nonexistent"),
+        };
         let g1 = gpu(1, "GPU-11111111-1111-1111-1111-111111111111");
         let g2 = gpu(2, "GPU-22222222-2222-2222-2222-222222222222");
         let g3 = gpu(3, "GPU-33333333-3333-3333-3333-333333333333");
@@ -245,7 +342,8 @@ mod tests {
             json: original.clone(),
         };
         let names = [found.name_for(&g1).unwrap(), found.name_for(&g2).unwrap()];
-        assert!(found.apply(&mut spec, &names).unwrap());
+        let edits = resolve::edits(&dirs, 0, 0, &names).unwrap();
+        assert!(merge(&mut spec, &edits).unwrap());
         let j = &spec.json;
         let paths: Vec<&str> = j["linux"]["devices"]
             .as_array()
@@ -287,17 +385,33 @@ mod tests {
         );
         // Idempotent.
         let once = spec.json.clone();
-        assert!(!found.apply(&mut spec, &names).unwrap());
+        assert!(!merge(&mut spec, &edits).unwrap());
         assert_eq!(spec.json, once);
+
+        // The same through the `mlenv` binary, as mlenv-runtime calls it.
+        let Some(helper) = helper() else { return };
+        let found = Devices::load(&dirs, "nvidia.com/gpu", &helper).unwrap();
+        assert_eq!(found.name_for(&g2).as_deref(), Some("nvidia.com/gpu=2"));
+        let mut again = Spec {
+            path: fixture.into(),
+            json: original.clone(),
+        };
+        assert!(found.apply(&mut again, &names).unwrap());
+        assert_eq!(again.json, once);
+        let err = found
+            .apply(&mut again, &["nvidia.com/gpu=9".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nvidia.com/gpu=9"), "{err}");
     }
 
     #[test]
     fn missing_specs_say_how_to_make_them() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Devices::load(&[dir.path().to_path_buf()], "nvidia.com/gpu").unwrap_err();
+        let err = resolve::devices(&[dir.path().to_path_buf()], "nvidia.com/gpu").unwrap_err();
         assert!(err.contains("nvidia-ctk cdi generate"), "{err}");
         std::fs::write(dir.path().join("broken.json"), "{").unwrap();
-        let err = Devices::load(&[dir.path().to_path_buf()], "nvidia.com/gpu").unwrap_err();
+        let err = resolve::devices(&[dir.path().to_path_buf()], "nvidia.com/gpu").unwrap_err();
         assert!(
             err.starts_with("no usable CDI spec for nvidia.com/gpu"),
             "{err}"

@@ -92,8 +92,12 @@ pub fn prepare(
             }
         }
         Inject::Cdi => {
-            let found =
-                super::cdi::Devices::load(&policy.cdi_spec_dirs, &policy.cdi_kind).map_err(fail)?;
+            let found = super::cdi::Devices::load(
+                &policy.cdi_spec_dirs,
+                &policy.cdi_kind,
+                &super::cdi::helper_beside_me(),
+            )
+            .map_err(fail)?;
             for g in gpus {
                 if found.name_for(g).is_none() {
                     blocked.push((

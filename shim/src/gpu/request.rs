@@ -40,6 +40,39 @@ pub enum GpuRequest {
     All { source: Source },
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::MlenvGpus => "MLENV_GPUS",
+            Source::NvidiaVisibleDevices => "NVIDIA_VISIBLE_DEVICES",
+            Source::DockerGpus => "docker --gpus",
+        })
+    }
+}
+
+/// `2 GPUs (MLENV_GPUS)`, `GPUs 1,3 (docker --gpus)`, `every GPU (...)`, `none`.
+impl std::fmt::Display for GpuRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuRequest::None => f.write_str("none"),
+            GpuRequest::Count { n, source } => {
+                write!(f, "{n} GPU{} ({source})", if *n == 1 { "" } else { "s" })
+            }
+            GpuRequest::Devices { ids, source } => {
+                let ids: Vec<String> = ids
+                    .iter()
+                    .map(|i| match i {
+                        DeviceId::Index(i) => i.to_string(),
+                        DeviceId::Uuid(u) => u.clone(),
+                    })
+                    .collect();
+                write!(f, "GPUs {} ({source})", ids.join(","))
+            }
+            GpuRequest::All { source } => write!(f, "every GPU ({source})"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     #[error("MLENV_GPUS={0:?}: expected a number of GPUs (or all)")]

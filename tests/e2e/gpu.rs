@@ -1,0 +1,325 @@
+//! GPUs through a real dockerd, on GPUs served by the test NVML library and fake
+//! device nodes made with mknod: what a container sees, what is refused and why, and
+//! leases under racing creates.
+
+use crate::docker::{docker, docker_cmd, engine};
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A GPU host in a directory: the test NVML library (as libnvidia-ml.so.1, reading
+/// fake-nvml.json beside it, since the runtime does not inherit the tests'
+/// environment) and device nodes nvidia0..N-1, nvidiactl, nvidia-uvm.
+struct GpuHost {
+    _dir: tempfile::TempDir,
+    lib: PathBuf,
+    dev: PathBuf,
+}
+
+impl GpuHost {
+    fn new(gpus_json: &str, count: u32) -> GpuHost {
+        let dir = tempfile::tempdir().unwrap();
+        let nvml = dir.path().join("nvml");
+        std::fs::create_dir(&nvml).unwrap();
+        let built = Path::new(RUNTIME).with_file_name("libmlenv_fake_nvml.so");
+        assert!(
+            built.exists(),
+            "{} not built: run cargo build --workspace",
+            built.display()
+        );
+        let lib = nvml.join("libnvidia-ml.so.1");
+        std::fs::copy(&built, &lib).unwrap();
+        std::fs::write(nvml.join("fake-nvml.json"), gpus_json).unwrap();
+        let dev = dir.path().join("dev");
+        std::fs::create_dir(&dev).unwrap();
+        let mut nodes: Vec<(String, u32, u32)> =
+            (0..count).map(|i| (format!("nvidia{i}"), 195, i)).collect();
+        nodes.push(("nvidiactl".into(), 195, 255));
+        nodes.push(("nvidia-uvm".into(), 511, 0));
+        for (name, major, minor) in nodes {
+            ok(Command::new("mknod")
+                .args(["-m", "666"])
+                .arg(dev.join(name))
+                .args(["c", &major.to_string(), &minor.to_string()]));
+        }
+        GpuHost {
+            _dir: dir,
+            lib,
+            dev,
+        }
+    }
+
+    /// A CDI spec for the GPUs, named by UUID, as `nvidia-ctk cdi generate` writes
+    /// them (trimmed): the GPU's node per device, nvidiactl and an environment
+    /// variable for all. Returns the directory.
+    fn cdi(&self, count: u32) -> PathBuf {
+        let dir = self._dir.path().join("cdi");
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = |name: &str| {
+            format!(
+                r#"{{"path": "/dev/{name}", "hostPath": "{}"}}"#,
+                self.dev.join(name).display()
+            )
+        };
+        let devices: Vec<String> = (0..count)
+            .map(|i| {
+                format!(
+                    r#"{{"name": "{}", "containerEdits": {{"deviceNodes": [{}]}}}}"#,
+                    uuid(i),
+                    node(&format!("nvidia{i}"))
+                )
+            })
+            .collect();
+        let spec = format!(
+            r#"{{"cdiVersion": "0.5.0", "kind": "nvidia.com/gpu", "devices": [{}],
+                "containerEdits": {{"env": ["NVIDIA_VISIBLE_DEVICES=void", "CDI_EDITED=yes"],
+                                    "deviceNodes": [{}]}}}}"#,
+            devices.join(","),
+            node("nvidiactl")
+        );
+        std::fs::write(dir.join("nvidia.json"), spec).unwrap();
+        dir
+    }
+
+    /// The `[gpu]` section for this host.
+    fn policy(&self, inject: &str) -> String {
+        format!(
+            "[gpu]\nnvml_library = {:?}\ninject = \"{inject}\"\ndevice_dir = {:?}\n",
+            self.lib, self.dev
+        )
+    }
+}
+
+fn uuid(i: u32) -> String {
+    format!("GPU-{0}{0}{0}{0}{0}{0}{0}{0}-{0}{0}{0}{0}-{0}{0}{0}{0}-{0}{0}{0}{0}-{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}", i)
+}
+
+/// Four GPUs: 0 at 90% utilization, 1 at 20%, 2 idle, 3 at 5%.
+fn four_gpus() -> String {
+    let util = [90, 20, 0, 5];
+    let gpus: Vec<String> = (0..4)
+        .map(|i| {
+            format!(
+                r#"{{"uuid": "{}", "minor": {i}, "utilization_gpu": {}}}"#,
+                uuid(i),
+                util[i as usize]
+            )
+        })
+        .collect();
+    format!(r#"{{"gpus": [{}]}}"#, gpus.join(","))
+}
+
+/// What the container prints: its NVIDIA device nodes and NVIDIA_VISIBLE_DEVICES.
+const SHOW_GPUS: &str = "ls /dev | grep nvidia; echo NVD=$NVIDIA_VISIBLE_DEVICES";
+
+#[test]
+fn a_gpu_request_sees_exactly_the_best_gpus() {
+    let host = GpuHost::new(&four_gpus(), 4);
+    let Some((_g, policy)) = engine("gpu_best", &["mknod"], &host.policy("devices")) else {
+        return;
+    };
+    let best = format!(
+        "nvidia-uvm\nnvidia2\nnvidia3\nnvidiactl\nNVD={},{}",
+        uuid(2),
+        uuid(3)
+    );
+    // mlenv's own request: GPU 0 (90%) is never chosen, and the least busy win.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--runtime=mlenv",
+        "-e",
+        "MLENV_GPUS=2",
+        IMAGE,
+        "sh",
+        "-c",
+        SHOW_GPUS,
+    ]);
+    assert_eq!(out, best);
+    // Docker's --gpus 2 (0,1 in the spec, with NVIDIA's hook) gets the same two, not 0
+    // and 1; NVIDIA's (stub) hook stays and runs.
+    let out = docker(&["run", "--rm", "--gpus", "2", IMAGE, "sh", "-c", SHOW_GPUS]);
+    assert_eq!(out, best);
+    // An explicit device list is taken as asked.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--gpus",
+        "\"device=1\"",
+        IMAGE,
+        "sh",
+        "-c",
+        SHOW_GPUS,
+    ]);
+    assert_eq!(
+        out,
+        format!("nvidia-uvm\nnvidia1\nnvidiactl\nNVD={}", uuid(1))
+    );
+    // A container without a GPU request sees no NVIDIA device.
+    let out = docker(&["run", "--rm", IMAGE, "sh", "-c", SHOW_GPUS]);
+    assert_eq!(out, "NVD=");
+    let h = policy.history();
+    assert_eq!(h.len(), 4);
+    assert!(
+        h.iter()
+            .any(|d| d["reason"].as_str().unwrap().contains("GPUs 2,3 leased")),
+        "{h:?}"
+    );
+    assert!(policy.live().is_empty(), "leases end with --rm");
+
+    // inject = "nvidia": NVIDIA_VISIBLE_DEVICES carries the chosen UUIDs for NVIDIA's
+    // hook, and no device node is added by mlenv.
+    std::fs::write(
+        &policy.main,
+        std::fs::read_to_string(&policy.main)
+            .unwrap()
+            .replace("inject = \"devices\"", "inject = \"nvidia\""),
+    )
+    .unwrap();
+    let out = docker(&["run", "--rm", "--gpus", "2", IMAGE, "sh", "-c", SHOW_GPUS]);
+    assert_eq!(out, format!("NVD={},{}", uuid(2), uuid(3)));
+
+    // inject = "cdi": the CDI edits of the chosen device; NVIDIA_VISIBLE_DEVICES still
+    // names the grant (not the spec's "void").
+    let cdi = host.cdi(4);
+    std::fs::write(
+        &policy.main,
+        std::fs::read_to_string(&policy.main).unwrap().replace(
+            "inject = \"nvidia\"",
+            &format!("inject = \"cdi\"\ncdi_spec_dirs = [{cdi:?}]"),
+        ),
+    )
+    .unwrap();
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-e",
+        "MLENV_GPUS=1",
+        IMAGE,
+        "sh",
+        "-c",
+        &format!("{SHOW_GPUS}; echo CDI=$CDI_EDITED"),
+    ]);
+    assert_eq!(out, format!("nvidia2\nnvidiactl\nNVD={}\nCDI=yes", uuid(2)));
+}
+
+#[test]
+fn with_no_free_gpu_the_refusal_names_each_gpu() {
+    let gpus = format!(
+        r#"{{"gpus": [
+        {{"uuid": "{}", "minor": 0, "utilization_gpu": 90}},
+        {{"uuid": "{}", "minor": 1, "memory_used": 85530000000}},
+        {{"uuid": "{}", "minor": 2, "processes": [{{"pid": 4242, "used_memory": 1073741824}}]}}
+    ]}}"#,
+        uuid(0),
+        uuid(1),
+        uuid(2)
+    );
+    let host = GpuHost::new(&gpus, 3);
+    let Some((_g, policy)) = engine("gpu_none_free", &["mknod"], &host.policy("devices")) else {
+        return;
+    };
+    let o = run(&mut docker_cmd(&[
+        "run",
+        "--name",
+        "mlenv-gpu-refused",
+        "-e",
+        "MLENV_GPUS=1",
+        IMAGE,
+        "true",
+    ]));
+    let id = docker(&["inspect", "--format", "{{.Id}}", "mlenv-gpu-refused"]);
+    let _ = run(&mut docker_cmd(&["rm", "-f", "mlenv-gpu-refused"]));
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let want = "mlenv: refused: 1 GPU requested, 0 free: \
+        GPU 0 (GPU-00000000): utilization 90% > 30% ([gpu] max_utilization); \
+        GPU 1 (GPU-11111111): free memory 352M < 1G ([gpu] min_free_memory); \
+        GPU 2 (GPU-22222222): runs 1 compute process not placed by mlenv (pid 4242) ([gpu] foreign_processes)";
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    // explain lists every GPU with its state.
+    let explained = policy.cli(&["explain", &id]);
+    for line in [
+        "gpus       requested 1 GPU (MLENV_GPUS)",
+        "busy    0 GPU-00000000-0000-0000-0000-000000000000 NVIDIA H100 80GB HBM3 util 90%",
+        "utilization 90% > 30% ([gpu] max_utilization)",
+        "free memory 352M < 1G ([gpu] min_free_memory)",
+    ] {
+        assert!(explained.contains(line), "{line:?} in:\n{explained}");
+    }
+}
+
+#[test]
+fn sixteen_racing_creates_lease_four_gpus_once_each() {
+    let gpus: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"uuid": "{}", "minor": {i}}}"#, uuid(i)))
+        .collect();
+    let host = GpuHost::new(&format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")), 4);
+    let Some((_g, policy)) = engine("gpu_race", &["mknod"], &host.policy("devices")) else {
+        return;
+    };
+    let names: Vec<String> = (0..16).map(|i| format!("mlenv-gpurace-{i}")).collect();
+    let children: Vec<_> = names
+        .iter()
+        .map(|name| {
+            docker_cmd(&[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "-e",
+                "MLENV_GPUS=1",
+                IMAGE,
+                "sleep",
+                "600",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let admitted: Vec<&String> = names
+        .iter()
+        .zip(&outputs)
+        .filter(|(_, o)| o.status.success())
+        .map(|(n, _)| n)
+        .collect();
+    let refused: Vec<String> = outputs
+        .iter()
+        .filter(|o| !o.status.success())
+        .map(stderr)
+        .collect();
+    // Each admitted container sees one GPU node, and no two see the same.
+    let mut seen: Vec<String> = admitted
+        .iter()
+        .map(|n| docker(&["exec", n, "sh", "-c", "ls /dev | grep '^nvidia[0-9]'"]))
+        .collect();
+    let live = policy.live();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    let _ = run(&mut docker_cmd(&rm));
+
+    assert_eq!(admitted.len(), 4, "refusals: {refused:?}");
+    assert_eq!(refused.len(), 12);
+    for err in &refused {
+        assert!(
+            err.contains("mlenv: refused: 1 GPU requested, 0 free: GPU "),
+            "{err}"
+        );
+        assert!(err.contains("leased to"), "{err}");
+    }
+    let mut leased: Vec<u64> = live
+        .iter()
+        .flat_map(|l| l["gpus"].as_array().unwrap().clone())
+        .map(|g| g.as_u64().unwrap())
+        .collect();
+    leased.sort();
+    assert_eq!(leased, [0, 1, 2, 3], "one lease per GPU: {live:?}");
+    seen.sort();
+    assert_eq!(seen, ["nvidia0", "nvidia1", "nvidia2", "nvidia3"]);
+    assert!(policy.live().is_empty(), "leases released by rm -f");
+}
