@@ -2,7 +2,10 @@
 # The main job, on a fresh Debian 12 machine, as root: installs what is needed, builds
 # mlenv, starts a private dockerd with mlenv as its default runtime, and runs two
 # containers through it: one admitted (its limits set by policy, read back from its
-# own cgroup) and one refused, with the reason Docker prints. Stops what it started.
+# own cgroup) and one refused, with the reason Docker prints; a project quota; and
+# GPUs: on a machine without one, four GPUs served by the test NVML library
+# (tests/fake-nvml) with device nodes made by mknod, one of them busy. Stops what it
+# started.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -23,9 +26,29 @@ tar -C "$rootfs" -c . | docker import - mlenv-busybox:demo >/dev/null
 rm -rf "$rootfs"
 
 rm -rf /run/mlenv-e2e/demo
+mkdir -p /run/mlenv-e2e/demo/nvml /run/mlenv-e2e/demo/dev
+# Four GPUs: GPU 0 at 90% utilization, GPU 1 at 20%, 2 and 3 idle.
+cp target/debug/libmlenv_fake_nvml.so /run/mlenv-e2e/demo/nvml/libnvidia-ml.so.1
+cat >/run/mlenv-e2e/demo/nvml/fake-nvml.json <<'JSON'
+{"gpus": [
+  {"uuid": "GPU-00000000-0000-0000-0000-000000000000", "minor": 0, "utilization_gpu": 90},
+  {"uuid": "GPU-11111111-1111-1111-1111-111111111111", "minor": 1, "utilization_gpu": 20},
+  {"uuid": "GPU-22222222-2222-2222-2222-222222222222", "minor": 2},
+  {"uuid": "GPU-33333333-3333-3333-3333-333333333333", "minor": 3}
+]}
+JSON
+for i in 0 1 2 3; do mknod -m 666 /run/mlenv-e2e/demo/dev/nvidia$i c 195 $i; done
+mknod -m 666 /run/mlenv-e2e/demo/dev/nvidiactl c 195 255
 cat >"$MLENV_CONFIG" <<'TOML'
 [inventory]
 path = "/run/mlenv-e2e/demo/mlenv.db"
+
+[gpu]
+# Where no GPU exists: the test NVML library and mknod'd nodes. On a GPU host leave
+# both out (libnvidia-ml.so.1 and /dev).
+nvml_library = "/run/mlenv-e2e/demo/nvml/libnvidia-ml.so.1"
+device_dir = "/run/mlenv-e2e/demo/dev"
+inject = "devices"
 
 [limits]
 over_limit = "refuse"
@@ -71,6 +94,21 @@ echo "docker run exited $?"
 set -e
 $mlenv ps
 docker rm -f "$a" "$b" >/dev/null
+
+echo
+echo "== GPUs: docker run --gpus 2 (Docker writes GPUs 0,1; mlenv chooses the two best)"
+show='ls /dev | grep nvidia; echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES'
+docker run --rm --runtime=mlenv --gpus 2 mlenv-busybox:demo sh -c "$show"
+g=$(docker run -d --runtime=mlenv --gpus 2 mlenv-busybox:demo sleep 600)
+echo
+echo "== GPUs: MLENV_GPUS=1 gets GPU 1 (20% < 30%); one more finds none free"
+h=$(docker run -d --runtime=mlenv -e MLENV_GPUS=1 mlenv-busybox:demo sleep 600)
+set +e
+docker run --rm --runtime=mlenv -e MLENV_GPUS=1 mlenv-busybox:demo true
+echo "docker run exited $?"
+set -e
+$mlenv ps
+docker rm -f "$g" "$h" >/dev/null
 
 echo
 echo "== mlenv history"

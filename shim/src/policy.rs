@@ -776,6 +776,11 @@ mod tests {
             AdmissionSection::default(),
             "shipped = built-in admission defaults"
         );
+        assert_eq!(
+            l.policy.gpu,
+            GpuSection::default(),
+            "shipped = built-in GPU defaults"
+        );
     }
 
     #[test]

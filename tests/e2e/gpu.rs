@@ -323,3 +323,97 @@ fn sixteen_racing_creates_lease_four_gpus_once_each() {
     assert_eq!(seen, ["nvidia0", "nvidia1", "nvidia2", "nvidia3"]);
     assert!(policy.live().is_empty(), "leases released by rm -f");
 }
+
+/// On a host with a real NVIDIA GPU: probe through the real libnvidia-ml.so.1, select
+/// one GPU, and run a container (runc through mlenv, `inject = "devices"`) that sees
+/// exactly its node and can read its own NVIDIA_VISIBLE_DEVICES. Skipped, saying so,
+/// where there is no GPU (CI); what it printed on a GPU is in docs/gpus.md.
+#[test]
+fn real_gpu_probe_select_inject() {
+    if !Path::new("/dev/nvidiactl").exists() {
+        eprintln!("skipped: real_gpu_probe_select_inject: no NVIDIA GPU on this host (/dev/nvidiactl missing)");
+        return;
+    }
+    let t = std::time::Instant::now();
+    let gpus = match mlenv::gpu::probe(None) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("skipped: real_gpu_probe_select_inject: {e}");
+            return;
+        }
+    };
+    println!("nvml: {} GPU(s) probed in {:?}", gpus.len(), t.elapsed());
+    for g in &gpus {
+        println!(
+            "gpu {} {} {} minor {} util {}% memory {}/{} MiB processes {} mig {:?}",
+            g.index,
+            g.uuid,
+            g.name,
+            g.minor,
+            g.utilization,
+            g.memory_used >> 20,
+            g.memory_total >> 20,
+            g.processes.len(),
+            g.mig
+        );
+        assert!(g.uuid.starts_with("GPU-"), "{g:?}");
+        assert!(g.memory_total > 0);
+    }
+    if !require("real_gpu_probe_select_inject", &["runc"], &[]) {
+        return;
+    }
+    // Selection against the real state, every threshold off so a busy GPU still counts.
+    let policy = mlenv::policy::GpuSection {
+        max_utilization: mlenv::units::Switch::Off,
+        min_free_memory: mlenv::units::Switch::Off,
+        foreign_processes: mlenv::policy::ForeignProcesses::Ignore,
+        ..Default::default()
+    };
+    let request = mlenv::gpu::request::GpuRequest::Count {
+        n: 1,
+        source: mlenv::gpu::request::Source::MlenvGpus,
+    };
+    let s = mlenv::gpu::select::select(&gpus, &[], &request, &policy, &[]);
+    assert_eq!(s.refusal, None);
+    let chosen = &s.grant[0];
+    println!("selected GPU {} ({})", chosen.index, chosen.uuid);
+
+    // A container through mlenv on the real device nodes.
+    let p = Policy::write(
+        None,
+        "[gpu]\ninject = \"devices\"\nmax_utilization = false\nmin_free_memory = false\nforeign_processes = \"ignore\"\n",
+    );
+    let bundle = p.dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    ok(Command::new("runc").args(["spec", "--bundle"]).arg(&bundle));
+    let cfg = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs(), "readonly": true});
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!([
+        "sh",
+        "-c",
+        "ls /dev | grep '^nvidia'; echo NVD=$NVIDIA_VISIBLE_DEVICES"
+    ]);
+    spec["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("MLENV_GPUS=1".into());
+    std::fs::write(&cfg, spec.to_string()).unwrap();
+    let out = ok(Command::new(RUNTIME)
+        .env("MLENV_CONFIG", &p.main)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("mlenv-real-gpu"));
+    println!("container saw:\n{out}");
+    assert!(out.contains(&format!("nvidia{}\n", gpus[chosen.index as usize].minor)));
+    assert!(out.contains("nvidiactl"));
+    assert!(out.contains(&format!("NVD={}", chosen.uuid)));
+    let others = gpus
+        .iter()
+        .filter(|g| g.index != chosen.index)
+        .filter(|g| out.contains(&format!("nvidia{}\n", g.minor)))
+        .count();
+    assert_eq!(others, 0, "only the chosen GPU's node");
+}
