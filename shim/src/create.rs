@@ -297,6 +297,12 @@ impl Gpus {
                 notes.push("every GPU requested, passed through ([gpu] all = \"pass\")".into());
                 return out;
             }
+            // Refused whatever the GPUs are: no need to load NVML to say so.
+            GpuRequest::All { .. } if policy.gpu.all == crate::policy::AllGpus::Refuse => {
+                let s = select::select(&[], &[], &out.request, &policy.gpu, &[]);
+                out.refusals.extend(s.refusal);
+                return out;
+            }
             _ => {}
         }
         let read = crate::gpu::probe(policy.gpu.nvml_library.as_deref())
@@ -908,6 +914,32 @@ mod tests {
         let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         let r = inv.find("n3").unwrap().unwrap().reason;
         assert!(r.contains("GPUs not selected, leased or injected"), "{r}");
+        // all = "pass": every GPU asked, passed through without NVML, lease or edit.
+        let f = fixture(
+            &format!("{nvml}all = \"pass\"\n"),
+            gpu_spec(&["NVIDIA_VISIBLE_DEVICES=all"]),
+        );
+        let before = fs::read(f.bundle.join("config.json")).unwrap();
+        assert!(matches!(
+            run_create(&f, "n5", &host(), &mut log).unwrap(),
+            Verdict::Admitted { .. }
+        ));
+        assert_eq!(fs::read(f.bundle.join("config.json")).unwrap(), before);
+        let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
+        let r = inv.find("n5").unwrap().unwrap().reason;
+        assert!(
+            r.contains("every GPU requested, passed through ([gpu] all = \"pass\")"),
+            "{r}"
+        );
+        // The default refuses it, saying how to ask.
+        let f = fixture(nvml, gpu_spec(&["NVIDIA_VISIBLE_DEVICES=all"]));
+        match run_create(&f, "n6", &host(), &mut log).unwrap() {
+            Verdict::Refused(r) => assert_eq!(
+                r,
+                "every GPU requested (NVIDIA_VISIBLE_DEVICES=all); ask for a number with MLENV_GPUS=N or --gpus N ([gpu] all = \"refuse\")"
+            ),
+            v => panic!("{v:?}"),
+        }
         // A malformed request is the user's to fix.
         let f = fixture(nvml, gpu_spec(&["MLENV_GPUS=two"]));
         assert_eq!(

@@ -924,6 +924,43 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_has_one_live_lease_and_it_ends_with_its_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        let lease = |index: u32| Granted {
+            index,
+            uuid: format!("GPU-{index}"),
+            minor: index,
+        };
+        let mut a = decision("a", 1, Outcome::Admitted);
+        a.leases = vec![lease(0), lease(1)];
+        inv.record(&a).unwrap();
+        assert_eq!(inv.live().unwrap()[0].gpus, [0, 1]);
+        assert_eq!(inv.leases().unwrap().len(), 2);
+        // Whatever a bug elsewhere would do, the database refuses a second lease.
+        let mut b = decision("b", 2, Outcome::Admitted);
+        b.leases = vec![lease(1)];
+        let err = inv.record(&b).unwrap_err().to_string();
+        assert!(err.contains("UNIQUE constraint failed"), "{err}");
+        assert_eq!(
+            inv.live().unwrap().len(),
+            1,
+            "the failed record left nothing"
+        );
+        // Ending the container releases both (the trigger), and GPU 1 can be leased.
+        inv.end("a", Some("/run/r"), 3, "deleted").unwrap();
+        assert!(inv.leases().unwrap().is_empty());
+        inv.record(&b).unwrap();
+        let held: Vec<String> = inv.leases().unwrap().into_iter().map(|l| l.uuid).collect();
+        assert_eq!(held, ["GPU-1"]);
+        // A refused decision leases nothing, whatever it carries.
+        let mut c = decision("c", 4, Outcome::Refused);
+        c.leases = vec![lease(0)];
+        inv.record(&c).unwrap();
+        assert_eq!(inv.leases().unwrap().len(), 1);
+    }
+
+    #[test]
     fn wal_is_checkpointed_on_delete_and_when_large() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mlenv.db");
