@@ -199,3 +199,125 @@ impl Prepared {
         Ok(actions)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn gpu(index: u32) -> GpuInfo {
+        GpuInfo {
+            index,
+            uuid: format!("GPU-{index}"),
+            name: String::new(),
+            minor: index,
+            memory_total: 0,
+            memory_used: 0,
+            memory_free: 0,
+            utilization: 0,
+            processes: vec![],
+            mig: None,
+        }
+    }
+
+    fn grant(index: u32) -> Granted {
+        Granted {
+            index,
+            uuid: format!("GPU-{index}"),
+            minor: index,
+        }
+    }
+
+    fn spec(env: &[&str], prestart: serde_json::Value) -> Spec {
+        Spec {
+            path: PathBuf::from("/b/config.json"),
+            json: json!({"process": {"env": env}, "hooks": {"prestart": prestart}, "linux": {}}),
+        }
+    }
+
+    #[test]
+    fn nvidia_mode_adds_the_hook_once_and_sets_the_uuids() {
+        let policy = GpuSection {
+            nvidia_hook: Some(PathBuf::from("/bin/true")),
+            ..GpuSection::default()
+        };
+        let gpus = [gpu(0), gpu(1)];
+        let docker = json!([{"path": "/proc/1/exe", "args": ["libnetwork-setkey"]}]);
+        let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=0"], docker.clone());
+        let (mut p, blocked) = prepare(&policy, &s, &gpus).unwrap();
+        assert!(blocked.is_empty());
+        let actions = p.apply(&mut s, &[grant(1)], &gpus).unwrap();
+        assert_eq!(
+            actions,
+            [
+                "NVIDIA hook /bin/true added",
+                "NVIDIA_VISIBLE_DEVICES set to GPUs 1"
+            ]
+        );
+        let hooks = s.json["hooks"]["prestart"].as_array().unwrap();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0]["args"], json!([HOOK, "prestart"]));
+        assert_eq!(hooks[1], docker[0], "Docker's hook kept, after");
+        assert_eq!(
+            s.json["process"]["env"],
+            json!(["NVIDIA_VISIBLE_DEVICES=GPU-1"])
+        );
+        let once = s.json.clone();
+        assert!(p.apply(&mut s, &[grant(1)], &gpus).unwrap().is_empty());
+        assert_eq!(s.json, once, "idempotent");
+        // Docker's --gpus brought the hook: nothing to find or add.
+        let policy = GpuSection {
+            nvidia_hook: Some(PathBuf::from("/nonexistent/hook")),
+            ..GpuSection::default()
+        };
+        let with_hook = spec(
+            &[],
+            json!([{"path": "/usr/bin/nvidia-container-runtime-hook", "args": [HOOK, "prestart"]}]),
+        );
+        assert!(prepare(&policy, &with_hook, &gpus).is_ok());
+        // Without it, the hook must exist, and the message says what to do.
+        let err = prepare(&policy, &spec(&[], json!([])), &gpus)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "cannot inject GPUs ([gpu] inject = \"nvidia\"): /nonexistent/hook not found ([gpu] nvidia_hook)"
+        );
+    }
+
+    #[test]
+    fn devices_mode_blocks_gpus_without_a_node() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["nvidia0", "nvidiactl"] {
+            std::os::unix::fs::symlink("/dev/null", dir.path().join(name)).unwrap();
+        }
+        let policy = GpuSection {
+            inject: Inject::Devices,
+            device_dir: dir.path().to_path_buf(),
+            ..GpuSection::default()
+        };
+        let gpus = [gpu(0), gpu(1)];
+        let mut s = spec(&[], json!([]));
+        let (mut p, blocked) = prepare(&policy, &s, &gpus).unwrap();
+        assert_eq!(
+            blocked,
+            [(
+                1,
+                format!(
+                    "no device node {} ([gpu] device_dir)",
+                    dir.path().join("nvidia1").display()
+                )
+            )]
+        );
+        let actions = p.apply(&mut s, &[grant(0)], &gpus).unwrap();
+        assert_eq!(actions[0], "devices /dev/nvidia0, /dev/nvidiactl added");
+        assert!(s.json["hooks"]["prestart"].as_array().unwrap().is_empty());
+        // No nvidiactl: no GPU can work; the error names the path.
+        std::fs::remove_file(dir.path().join("nvidiactl")).unwrap();
+        let err = prepare(&policy, &s, &gpus).unwrap_err().to_string();
+        assert!(
+            err.contains("nvidiactl (is the NVIDIA driver loaded?"),
+            "{err}"
+        );
+    }
+}
