@@ -4,6 +4,7 @@
 pub mod cdi;
 pub mod devices;
 pub mod inject;
+pub mod mps;
 pub mod probe;
 pub mod request;
 pub mod select;
