@@ -163,7 +163,7 @@ pub fn prepare(
                 request.gpus = s.asked;
                 match &s.refusal {
                     Some(r) => gpu_refusals.push(r.clone()),
-                    None => match gpus.inject(&spec, s) {
+                    None => match gpus.inject(&spec, s, &policy.mps) {
                         Ok((done, actions)) => {
                             gpu_actions = actions;
                             injected = Some(done);
@@ -270,6 +270,9 @@ struct Gpus {
     request: GpuRequest,
     /// Set when GPUs are to be selected.
     host: Option<HostGpus>,
+    /// The MPS share to place, when the request goes to MPS GPUs.
+    share: Option<crate::gpu::mps::Share>,
+    uid: u32,
     /// Reasons to refuse found before selection (a malformed request, NVML missing).
     refusals: Vec<String>,
 }
@@ -282,6 +285,8 @@ impl Gpus {
         let mut out = Gpus {
             request: GpuRequest::None,
             host: None,
+            share: None,
+            uid: spec.user().0,
             refusals: Vec::new(),
         };
         out.request = match crate::gpu::request::parse(spec) {
@@ -299,7 +304,12 @@ impl Gpus {
             }
             // Refused whatever the GPUs are: no need to load NVML to say so.
             GpuRequest::All { .. } if policy.gpu.all == crate::policy::AllGpus::Refuse => {
-                let s = select::select(&[], &[], &out.request, &policy.gpu, &[]);
+                let asker = select::Asker {
+                    uid: out.uid,
+                    share: None,
+                    mps: &policy.mps,
+                };
+                let s = select::select(&[], &[], &out.request, &policy.gpu, &[], &asker);
                 out.refusals.extend(s.refusal);
                 return out;
             }
@@ -313,7 +323,23 @@ impl Gpus {
                     .map_err(|e| e.to_string())
             });
         match (read, policy.admission.on_error) {
-            (Ok(host), _) => out.host = Some(host),
+            (Ok(host), _) => {
+                // MPS: a share asked for, or every GPU shared.
+                let asked = crate::gpu::mps::MpsSection::asked(spec);
+                let all_shared = select::placement(
+                    &host.0,
+                    &policy.mps,
+                    false,
+                    crate::gpu::mps::Share::default(),
+                );
+                if asked || all_shared.is_some() {
+                    match crate::gpu::mps::ask(spec, &policy.mps) {
+                        Ok(share) => out.share = Some(share),
+                        Err(e) => out.refusals.extend(e),
+                    }
+                }
+                out.host = Some(host)
+            }
             (Err(e), OnError::Refuse) => out
                 .refusals
                 .push(format!("{e} ([admission] on_error = \"refuse\")")),
@@ -331,12 +357,18 @@ impl Gpus {
         policy: &crate::policy::Policy,
     ) -> Option<Selection> {
         let (gpus, _, blocked) = self.host.as_ref()?;
+        let asker = select::Asker {
+            uid: self.uid,
+            share: self.share,
+            mps: &policy.mps,
+        };
         Some(select::select(
             gpus,
             leases,
             &self.request,
             &policy.gpu,
             blocked,
+            &asker,
         ))
     }
 
@@ -345,6 +377,7 @@ impl Gpus {
         &mut self,
         spec: &Spec,
         s: &Selection,
+        mps: &crate::gpu::mps::MpsSection,
     ) -> Result<(Spec, Vec<String>), inject::InjectError> {
         let Some((gpus, prepared, _)) = self.host.as_mut() else {
             return Ok((spec.clone(), Vec::new()));
@@ -357,6 +390,10 @@ impl Gpus {
             indexes.join(",")
         )];
         actions.extend(prepared.apply(&mut out, &s.grant, gpus)?);
+        if let Some(share) = s.grant.first().and_then(|g| g.share) {
+            let uuids: Vec<&str> = s.grant.iter().map(|g| g.uuid.as_str()).collect();
+            actions.extend(crate::gpu::mps::apply(&mut out, &uuids, share, mps)?);
+        }
         Ok((out, actions))
     }
 }
@@ -914,6 +951,17 @@ mod tests {
         let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         let r = inv.find("n3").unwrap().unwrap().reason;
         assert!(r.contains("GPUs not selected, leased or injected"), "{r}");
+        // MPS variables without a GPU request change nothing.
+        let f = fixture(
+            nvml,
+            gpu_spec(&["MLENV_GPU_MEMORY=8G", "MLENV_GPU_THREADS=25"]),
+        );
+        let before = fs::read(f.bundle.join("config.json")).unwrap();
+        assert!(matches!(
+            run_create(&f, "n7", &host(), &mut log).unwrap(),
+            Verdict::Admitted { .. }
+        ));
+        assert_eq!(fs::read(f.bundle.join("config.json")).unwrap(), before);
         // all = "pass": every GPU asked, passed through without NVML, lease or edit.
         let f = fixture(
             &format!("{nvml}all = \"pass\"\n"),

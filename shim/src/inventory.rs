@@ -7,6 +7,7 @@
 use crate::admission::{LiveUsage, Usage};
 use crate::clock::rfc3339;
 use crate::edits::Limits;
+use crate::gpu::mps::Share;
 use crate::gpu::select::{Granted, LiveLease};
 use crate::host::Host;
 use crate::liveness::{self, Liveness, Tracked};
@@ -87,6 +88,10 @@ BEGIN
     UPDATE leases SET released_ms = NEW.ended_ms
     WHERE container_row = NEW.id AND released_ms IS NULL;
 END;
+"#,
+    r#"
+ALTER TABLE leases ADD COLUMN mps_memory INTEGER;
+ALTER TABLE leases ADD COLUMN mps_threads INTEGER;
 "#,
 ];
 
@@ -571,9 +576,19 @@ fn insert(
         let row = tx.last_insert_rowid();
         for g in &d.leases {
             tx.prepare_cached(
-                "INSERT INTO leases (container_row, gpu_uuid, gpu_index) VALUES (?1, ?2, ?3)",
+                "INSERT INTO leases (container_row, gpu_uuid, gpu_index, exclusive, mps_memory,
+                    mps_threads) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .and_then(|mut st| st.execute(params![row, g.uuid, g.index]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    row,
+                    g.uuid,
+                    g.index,
+                    g.share.is_none(),
+                    g.share.map(|s| s.memory as i64),
+                    g.share.map(|s| s.threads),
+                ])
+            })
             .map_err(|e| ("leasing a GPU", e))?;
         }
     }
@@ -623,16 +638,22 @@ fn live_usage(
 /// The GPU leases of live containers.
 fn live_leases(conn: &Connection) -> rusqlite::Result<Vec<LiveLease>> {
     conn.prepare_cached(
-        "SELECT l.gpu_uuid, c.container_id, c.uid, c.project
+        "SELECT l.gpu_uuid, c.container_id, c.uid, c.project, l.mps_memory, l.mps_threads
          FROM leases l JOIN containers c ON c.id = l.container_row
          WHERE l.released_ms IS NULL ORDER BY l.gpu_index",
     )?
     .query_map([], |r| {
+        let memory: Option<i64> = r.get(4)?;
+        let threads: Option<u32> = r.get(5)?;
         Ok(LiveLease {
             uuid: r.get(0)?,
             container_id: r.get(1)?,
             uid: r.get(2)?,
             project: r.get(3)?,
+            share: memory.zip(threads).map(|(m, t)| Share {
+                memory: m as u64,
+                threads: t,
+            }),
         })
     })?
     .collect()
@@ -931,6 +952,7 @@ mod tests {
             index,
             uuid: format!("GPU-{index}"),
             minor: index,
+            share: None,
         };
         let mut a = decision("a", 1, Outcome::Admitted);
         a.leases = vec![lease(0), lease(1)];

@@ -28,6 +28,7 @@ pub struct Policy {
     pub limits: LimitsSection,
     pub admission: AdmissionSection,
     pub gpu: GpuSection,
+    pub mps: crate::gpu::mps::MpsSection,
     /// `[[quota]]` blocks. Drop-ins add blocks; a block for the same user, project or
     /// `others` replaces the earlier one.
     #[serde(rename = "quota", skip_serializing_if = "Vec::is_empty")]
@@ -533,6 +534,7 @@ impl Policy {
         pair(l.default_swap, l.max_swap, "swap")?;
         pair(l.default_cpus, l.max_cpus, "cpus")?;
         pair(l.default_pids, l.max_pids, "pids")?;
+        self.mps.validate(None)?;
         if self.gpu.max_per_container == Some(0) {
             return Err(
                 "[gpu] max_per_container = 0 would refuse every GPU request; leave it out for no limit"
@@ -717,6 +719,7 @@ mod tests {
         full.gpu.nvml_library = Some(PathBuf::from("/x"));
         full.gpu.max_per_container = Some(1);
         full.gpu.nvidia_hook = Some(PathBuf::from("/x"));
+        full.mps.max_memory = Some(ByteSize(1));
         full.quotas.push(Quota {
             project: Some("p".into()),
             max_containers: Some(1),

@@ -4,6 +4,7 @@
 use crate::support::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 fn mlenv(policy: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -132,5 +133,47 @@ fn concurrent_creates_all_recorded() {
     assert_eq!(
         spec["linux"]["resources"]["pids"]["limit"], 100,
         "docker's 200 clamped"
+    );
+}
+
+/// MPS settings are checked twice: impossible in themselves, and against the GPUs'
+/// memory where NVML answers (here the test NVML library, one 80G GPU).
+#[test]
+fn policy_check_rejects_impossible_mps_settings() {
+    let p = Policy::write(None, "[mps]\ngpus = \"all\"\nmax_threads = 150\n");
+    let o = run(Command::new(CLI)
+        .env("MLENV_CONFIG", &p.main)
+        .args(["policy", "check"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("[mps] max_threads = 150: a thread percentage is from 1 to 100"),
+        "{}",
+        stderr(&o)
+    );
+    let nvml = p.dir.path().join("nvml");
+    fs::create_dir(&nvml).unwrap();
+    let built = Path::new(RUNTIME).with_file_name("libmlenv_fake_nvml.so");
+    fs::copy(&built, nvml.join("libnvidia-ml.so.1")).unwrap();
+    fs::write(
+        nvml.join("fake-nvml.json"),
+        r#"{"gpus": [{"uuid": "GPU-0", "minor": 0}]}"#,
+    )
+    .unwrap();
+    let body = fs::read_to_string(&p.main).unwrap().replace(
+        "max_threads = 150",
+        &format!(
+            "max_memory = \"96G\"\n[gpu]\nnvml_library = {:?}",
+            nvml.join("libnvidia-ml.so.1")
+        ),
+    );
+    fs::write(&p.main, body).unwrap();
+    let o = run(Command::new(CLI)
+        .env("MLENV_CONFIG", &p.main)
+        .args(["policy", "check"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("[mps] max_memory = 96G is above the GPU's memory 80G"),
+        "{}",
+        stderr(&o)
     );
 }

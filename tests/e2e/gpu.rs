@@ -324,6 +324,93 @@ fn sixteen_racing_creates_lease_four_gpus_once_each() {
     assert!(policy.live().is_empty(), "leases released by rm -f");
 }
 
+/// MPS: on an 80G GPU shared through MPS, containers asking 20G each: four are
+/// admitted, the fifth is refused with the sums; inside, the three variables hold the
+/// granted values (a value the user set is replaced) and the pipe directory and the
+/// shared /dev/shm are mounted.
+#[test]
+fn mps_shares_of_an_80g_gpu() {
+    let host = GpuHost::new(
+        &format!(r#"{{"gpus": [{{"uuid": "{}", "minor": 0}}]}}"#, uuid(0)),
+        1,
+    );
+    let mps_dir = tempfile::tempdir().unwrap();
+    let pipe = mps_dir.path().join("pipe");
+    let shm = mps_dir.path().join("shm");
+    std::fs::create_dir(&pipe).unwrap();
+    std::fs::create_dir(&shm).unwrap();
+    std::fs::write(pipe.join("control"), "").unwrap();
+    let body = format!(
+        "{}[mps]\ngpus = [0]\npipe_directory = {pipe:?}\nshm_directory = {shm:?}\n",
+        host.policy("devices")
+    );
+    let Some((_g, policy)) = engine("gpu_mps", &["mknod"], &body) else {
+        return;
+    };
+    let share = [
+        "-e",
+        "MLENV_GPUS=1",
+        "-e",
+        "MLENV_GPU_MEMORY=20G",
+        "-e",
+        "MLENV_GPU_THREADS=25",
+    ];
+    let mut args = vec!["run", "--rm", "-e", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100"];
+    args.extend(share);
+    let show = format!(
+        "echo $CUDA_MPS_PINNED_DEVICE_MEM_LIMIT; echo $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE; \
+         echo $CUDA_MPS_PIPE_DIRECTORY; ls {}; ls /dev | grep nvidia0; \
+         touch /dev/shm/from-container",
+        pipe.display()
+    );
+    args.extend([IMAGE, "sh", "-c", &show]);
+    let out = docker(&args);
+    assert_eq!(
+        out,
+        format!("{}=20G\n25\n{}\ncontrol\nnvidia0", uuid(0), pipe.display())
+    );
+    assert!(
+        shm.join("from-container").exists(),
+        "/dev/shm is the shared directory"
+    );
+    let d = &policy.history()[0];
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100 replaced by the granted 25"),
+        "{d}"
+    );
+
+    let names: Vec<String> = (0..5).map(|i| format!("mlenv-mps-{i}")).collect();
+    let outputs: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let mut a = vec!["run", "-d", "--name", n.as_str()];
+            a.extend(share);
+            a.extend([IMAGE, "sleep", "600"]);
+            run(&mut docker_cmd(&a))
+        })
+        .collect();
+    let live = policy.live();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    let _ = run(&mut docker_cmd(&rm));
+    for o in &outputs[..4] {
+        assert!(o.status.success(), "{}", stderr(o));
+    }
+    assert_eq!(outputs[4].status.code(), Some(125));
+    assert!(
+        stderr(&outputs[4]).contains(
+            "mlenv: refused: 1 GPU requested, 0 free: GPU 0 (GPU-00000000): pinned memory 80G + 20G requested > 80G (80G x 1) ([mps] memory_oversubscription)"
+        ),
+        "{}",
+        stderr(&outputs[4])
+    );
+    assert_eq!(live.len(), 4);
+    assert!(live.iter().all(|l| l["gpus"] == serde_json::json!([0])));
+}
+
 /// On a host with a real NVIDIA GPU: probe through the real libnvidia-ml.so.1, select
 /// one GPU, and run a container (runc through mlenv, `inject = "devices"`) that sees
 /// exactly its node and can read its own NVIDIA_VISIBLE_DEVICES. Skipped, saying so,
@@ -373,7 +460,13 @@ fn real_gpu_probe_select_inject() {
         n: 1,
         source: mlenv::gpu::request::Source::MlenvGpus,
     };
-    let s = mlenv::gpu::select::select(&gpus, &[], &request, &policy, &[]);
+    let mps = mlenv::gpu::mps::MpsSection::default();
+    let asker = mlenv::gpu::select::Asker {
+        uid: 0,
+        share: None,
+        mps: &mps,
+    };
+    let s = mlenv::gpu::select::select(&gpus, &[], &request, &policy, &[], &asker);
     assert_eq!(s.refusal, None);
     let chosen = &s.grant[0];
     println!("selected GPU {} ({})", chosen.index, chosen.uuid);

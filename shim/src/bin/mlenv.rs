@@ -130,6 +130,12 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
         }
         None => policy::load(&policy::main_path()).map_err(|e| e.to_string()),
     };
+    // The second half of MPS validation needs the GPUs: where NVML answers, a share
+    // bound above the smallest MPS GPU's memory is an error.
+    let loaded = loaded.and_then(|l| match mps_gpu_memory(&l.policy) {
+        Some(memory) => l.policy.mps.validate(Some(memory)).map(|()| l),
+        None => Ok(l),
+    });
     match loaded {
         Ok(l) => {
             if l.files.is_empty() {
@@ -149,6 +155,20 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The memory of the smallest GPU shared through MPS, when NVML can say.
+fn mps_gpu_memory(p: &Policy) -> Option<u64> {
+    let empty = matches!(&p.mps.gpus, mlenv::gpu::mps::MpsGpus::List(l) if l.is_empty());
+    if empty {
+        return None;
+    }
+    mlenv::gpu::probe(p.gpu.nvml_library.as_deref())
+        .ok()?
+        .iter()
+        .filter(|g| p.mps.shares(g.index, &g.uuid))
+        .map(|g| g.memory_total)
+        .min()
 }
 
 /// The inventory named by the policy; a policy that does not validate still names

@@ -225,6 +225,7 @@ mod tests {
             index,
             uuid: format!("GPU-{index}"),
             minor: index,
+            share: None,
         }
     }
 

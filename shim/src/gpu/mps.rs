@@ -1,8 +1,7 @@
 //! MPS sharing (issue 5), the pure parts: the `[mps]` settings and their validation,
 //! what a container asks for (MLENV_GPU_MEMORY, MLENV_GPU_THREADS), whether it fits
 //! on an MPS GPU beside the shares already there, and the spec edit that gives it its
-//! share. Not yet on the create path: `[mps]` is not part of the policy until it is,
-//! so that no admin sets keys that do nothing.
+//! share.
 
 use crate::spec::{Spec, SpecError};
 use crate::units::{rounded, ByteSize, Positive};
@@ -83,6 +82,22 @@ pub enum MixedUsers {
 }
 
 impl MpsSection {
+    /// Whether the GPU `index` / `uuid` is shared through MPS.
+    pub fn shares(&self, index: u32, uuid: &str) -> bool {
+        match &self.gpus {
+            MpsGpus::All(_) => true,
+            MpsGpus::List(l) => l.iter().any(|r| match r {
+                GpuRef::Index(i) => *i == index,
+                GpuRef::Uuid(u) => u == uuid,
+            }),
+        }
+    }
+
+    /// Whether the container asks for a share: either variable set.
+    pub fn asked(spec: &Spec) -> bool {
+        spec.env("MLENV_GPU_MEMORY").is_some() || spec.env("MLENV_GPU_THREADS").is_some()
+    }
+
     /// Rejects settings no container could satisfy. `gpu_memory`: the smallest MPS
     /// GPU's memory, when known (policy check on a GPU host).
     pub fn validate(&self, gpu_memory: Option<u64>) -> Result<(), String> {
@@ -144,7 +159,7 @@ impl MpsSection {
 }
 
 /// A container's share of each MPS GPU it is granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Share {
     /// Pinned device memory, bytes.
     pub memory: u64,
@@ -219,7 +234,6 @@ pub struct Held {
 /// Whether `want` (for `uid`) fits on an MPS GPU with `total` bytes beside `held`;
 /// the error names the sums, the capacity and the key.
 pub fn fits(
-    label: &str,
     total: u64,
     held: &[Held],
     uid: u32,
@@ -229,7 +243,7 @@ pub fn fits(
     if mps.mixed_users == MixedUsers::Refuse {
         if let Some(other) = held.iter().find(|h| h.uid != uid) {
             return Err(format!(
-                "{label}: MPS clients of user {} run there, one MPS server per user ([mps] mixed_users)",
+                "MPS clients of user {} run there, one MPS server per user ([mps] mixed_users)",
                 other.uid
             ));
         }
@@ -238,7 +252,7 @@ pub fn fits(
     let capacity = (total as f64 * mps.memory_oversubscription.0) as u64;
     if memory.saturating_add(want.memory) > capacity {
         return Err(format!(
-            "{label}: pinned memory {} + {} requested > {} ({} x {}) ([mps] memory_oversubscription)",
+            "pinned memory {} + {} requested > {} ({} x {}) ([mps] memory_oversubscription)",
             rounded(memory),
             rounded(want.memory),
             rounded(capacity),
@@ -250,7 +264,7 @@ pub fn fits(
     let capacity = 100.0 * mps.threads_oversubscription.0;
     if f64::from(threads + want.threads) > capacity + 1e-9 {
         return Err(format!(
-            "{label}: threads {threads}% + {}% requested > {}% (100% x {}) ([mps] threads_oversubscription)",
+            "threads {threads}% + {}% requested > {}% (100% x {}) ([mps] threads_oversubscription)",
             want.threads,
             crate::units::Cpus(capacity),
             mps.threads_oversubscription
@@ -450,15 +464,18 @@ mod tests {
         };
         let mut held = Vec::new();
         for _ in 0..4 {
-            assert_eq!(fits("GPU 0", 80 * G, &held, 1000, twenty, &mps), Ok(()));
+            assert_eq!(fits(80 * G, &held, 1000, twenty, &mps), Ok(()));
             held.push(Held {
                 uid: 1000,
                 share: twenty,
             });
         }
         assert_eq!(
-            fits("GPU 0", 80 * G, &held, 1000, twenty, &mps),
-            Err("GPU 0: pinned memory 80G + 20G requested > 80G (80G x 1) ([mps] memory_oversubscription)".into())
+            fits(80 * G, &held, 1000, twenty, &mps),
+            Err(
+                "pinned memory 80G + 20G requested > 80G (80G x 1) ([mps] memory_oversubscription)"
+                    .into()
+            )
         );
         let small = Share {
             memory: G,
@@ -469,21 +486,24 @@ mod tests {
             ..MpsSection::default()
         };
         assert_eq!(
-            fits("GPU 0", 80 * G, &held, 1000, small, &over),
-            Err("GPU 0: threads 100% + 10% requested > 100% (100% x 1) ([mps] threads_oversubscription)".into())
+            fits(80 * G, &held, 1000, small, &over),
+            Err(
+                "threads 100% + 10% requested > 100% (100% x 1) ([mps] threads_oversubscription)"
+                    .into()
+            )
         );
         assert_eq!(
-            fits("GPU 0", 80 * G, &held[..1], 2000, small, &mps),
-            Err("GPU 0: MPS clients of user 1000 run there, one MPS server per user ([mps] mixed_users)".into())
+            fits(80 * G, &held[..1], 2000, small, &mps),
+            Err(
+                "MPS clients of user 1000 run there, one MPS server per user ([mps] mixed_users)"
+                    .into()
+            )
         );
         let mixed = MpsSection {
             mixed_users: MixedUsers::Allow,
             ..MpsSection::default()
         };
-        assert_eq!(
-            fits("GPU 0", 80 * G, &held[..1], 2000, small, &mixed),
-            Ok(())
-        );
+        assert_eq!(fits(80 * G, &held[..1], 2000, small, &mixed), Ok(()));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Called inside the inventory transaction that records the decision, so the leases
 //! it sees cannot change before the grant is written.
 
+use super::mps::{self, Held, MpsSection, Share};
 use super::probe::GpuInfo;
 use super::request::{DeviceId, GpuRequest, Source};
 use crate::policy::{AllGpus, DockerGpusCount, ForeignProcesses, GpuSection, Strategy};
@@ -17,6 +18,8 @@ pub struct LiveLease {
     pub container_id: String,
     pub uid: u32,
     pub project: Option<String>,
+    /// An MPS share; None for an exclusive lease.
+    pub share: Option<Share>,
 }
 
 /// A GPU granted to the container.
@@ -25,6 +28,17 @@ pub struct Granted {
     pub index: u32,
     pub uuid: String,
     pub minor: u32,
+    /// An MPS share of the GPU; None: the whole GPU.
+    pub share: Option<Share>,
+}
+
+/// Who asks: the uid (MPS runs one server per uid) and the MPS share to place, when
+/// the request goes to MPS GPUs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Asker<'a> {
+    pub uid: u32,
+    pub share: Option<Share>,
+    pub mps: &'a MpsSection,
 }
 
 /// One GPU as the decision saw it, for `mlenv explain`.
@@ -67,8 +81,22 @@ fn busy(
     policy: &GpuSection,
     blocked: &[(u32, String)],
     count_request: bool,
+    asker: &Asker,
 ) -> Option<String> {
-    if let Some(l) = leases.iter().find(|l| l.uuid == g.uuid) {
+    let shared = asker.mps.shares(g.index, &g.uuid);
+    match (asker.share, shared) {
+        (None, true) => {
+            return Some(
+                "shared through MPS ([mps] gpus): ask for a share with MLENV_GPU_MEMORY".into(),
+            )
+        }
+        (Some(_), false) => return Some("not shared through MPS ([mps] gpus)".into()),
+        _ => {}
+    }
+    if let Some(l) = leases
+        .iter()
+        .find(|l| l.uuid == g.uuid && l.share.is_none())
+    {
         let short: String = l.container_id.chars().take(12).collect();
         return Some(match &l.project {
             Some(p) => format!("leased to {short} (user {}, project {p})", l.uid),
@@ -77,6 +105,11 @@ fn busy(
     }
     if let Some((_, why)) = blocked.iter().find(|(i, _)| *i == g.index) {
         return Some(why.clone());
+    }
+    // On an MPS GPU the shares are the accounting: its server is a compute process
+    // and its utilization is the clients'.
+    if let Some(want) = asker.share {
+        return mps::fits(g.memory_total, &held(g, leases), asker.uid, want, asker.mps).err();
     }
     if let Some(max) = policy.max_utilization.get() {
         if f64::from(g.utilization) > max.0 {
@@ -109,6 +142,23 @@ fn busy(
     None
 }
 
+/// The MPS shares held on `g`.
+fn held(g: &GpuInfo, leases: &[LiveLease]) -> Vec<Held> {
+    leases
+        .iter()
+        .filter(|l| l.uuid == g.uuid)
+        .filter_map(|l| l.share.map(|share| Held { uid: l.uid, share }))
+        .collect()
+}
+
+/// Whether a request goes to MPS GPUs, and with what share: when it asks for one
+/// (MLENV_GPU_MEMORY or MLENV_GPU_THREADS), or when every GPU of the host is shared.
+/// `share` is what it asked, with the defaults filled in.
+pub fn placement(gpus: &[GpuInfo], mps: &MpsSection, asked: bool, share: Share) -> Option<Share> {
+    let all_shared = !gpus.is_empty() && gpus.iter().all(|g| mps.shares(g.index, &g.uuid));
+    (asked || all_shared).then_some(share)
+}
+
 /// What the request amounts to once policy has read it.
 enum Want {
     Count(u32),
@@ -124,6 +174,7 @@ pub fn select(
     request: &GpuRequest,
     policy: &GpuSection,
     blocked: &[(u32, String)],
+    asker: &Asker,
 ) -> Selection {
     let want = match request {
         GpuRequest::None => Want::Count(0),
@@ -140,7 +191,7 @@ pub fn select(
     let mut verdicts: Vec<GpuVerdict> = gpus
         .iter()
         .map(|g| {
-            let why = busy(g, leases, policy, blocked, count_request);
+            let why = busy(g, leases, policy, blocked, count_request, asker);
             GpuVerdict {
                 index: g.index,
                 uuid: g.uuid.clone(),
@@ -173,14 +224,17 @@ pub fn select(
         Want::Count(n) => {
             out.asked = *n;
             let mut free: Vec<usize> = (0..gpus.len()).filter(|&i| verdicts[i].free).collect();
+            let pinned = |g: &GpuInfo| -> u64 { held(g, leases).iter().map(|h| h.share.memory).sum() };
             free.sort_by(|&a, &b| {
                 let (ga, gb) = (&gpus[a], &gpus[b]);
-                let by_load = match policy.strategy {
-                    Strategy::Spread => ga
+                let by_load = match (policy.strategy, asker.share.is_some()) {
+                    (Strategy::Spread, true) => pinned(ga).cmp(&pinned(gb)),
+                    (Strategy::Pack, true) => pinned(gb).cmp(&pinned(ga)),
+                    (Strategy::Spread, false) => ga
                         .utilization
                         .cmp(&gb.utilization)
                         .then(gb.memory_free.cmp(&ga.memory_free)),
-                    Strategy::Pack => gb
+                    (Strategy::Pack, false) => gb
                         .utilization
                         .cmp(&ga.utilization)
                         .then(ga.memory_free.cmp(&gb.memory_free)),
@@ -290,6 +344,7 @@ pub fn select(
                     index: gpus[i].index,
                     uuid: gpus[i].uuid.clone(),
                     minor: gpus[i].minor,
+                    share: asker.share,
                 });
             }
         }
@@ -332,6 +387,18 @@ mod tests {
             container_id: id.into(),
             uid: 1000,
             project: Some("vision".into()),
+            share: None,
+        }
+    }
+
+    static NO_MPS: std::sync::LazyLock<MpsSection> = std::sync::LazyLock::new(MpsSection::default);
+
+    /// A request for whole GPUs by uid 1000.
+    fn whole() -> Asker<'static> {
+        Asker {
+            uid: 1000,
+            share: None,
+            mps: &NO_MPS,
         }
     }
 
@@ -505,7 +572,7 @@ mod tests {
             ),
         ];
         for (name, gpus, leases, request, policy, want) in rows {
-            let s = select(&gpus, &leases, &request, policy, &[]);
+            let s = select(&gpus, &leases, &request, policy, &[], &whole());
             match want {
                 Ok(indexes) => {
                     assert_eq!(s.refusal, None, "{name}");
@@ -523,10 +590,84 @@ mod tests {
     }
 
     #[test]
+    fn mps_shares_fill_mps_gpus_only() {
+        use crate::gpu::mps::{GpuRef, MpsGpus};
+        let gpus = vec![gpu(0, 95, 1), gpu(1, 0, 79), gpu(2, 0, 79)];
+        let mps = MpsSection {
+            gpus: MpsGpus::List(vec![GpuRef::Index(0), GpuRef::Index(2)]),
+            ..MpsSection::default()
+        };
+        let twenty = Share {
+            memory: 20 << 30,
+            threads: 25,
+        };
+        let sharer = |uid| Asker {
+            uid,
+            share: Some(twenty),
+            mps: &mps,
+        };
+        let share_of = |index: u32, uid: u32| LiveLease {
+            share: Some(twenty),
+            uid,
+            ..lease(index, &format!("c{index}{uid}"))
+        };
+        let policy = GpuSection::default();
+        // Spread: the MPS GPU with the least pinned memory; utilization and free
+        // memory do not count on MPS GPUs (GPU 0 is at 95%, its server's memory used).
+        let leases = vec![share_of(2, 1000)];
+        let s = select(&gpus, &leases, &count(1), &policy, &[], &sharer(1000));
+        assert_eq!(chosen(&s), [0]);
+        assert_eq!(s.grant[0].share, Some(twenty));
+        assert_eq!(s.gpus[1].why, "not shared through MPS ([mps] gpus)");
+        let pack = GpuSection {
+            strategy: Strategy::Pack,
+            ..GpuSection::default()
+        };
+        let s = select(&gpus, &leases, &count(1), &pack, &[], &sharer(1000));
+        assert_eq!(chosen(&s), [2]);
+        // Four 20G shares fill an 80G GPU; the fifth is refused with the sums.
+        let full: Vec<LiveLease> = (0..4).map(|_| share_of(2, 1000)).collect();
+        let only2 = vec![gpu(2, 0, 79)];
+        let s = select(&only2, &full, &count(1), &policy, &[], &sharer(1000));
+        assert_eq!(
+            s.refusal.as_deref(),
+            Some("1 GPU requested, 0 free: GPU 2 (GPU-22222222): pinned memory 80G + 20G requested > 80G (80G x 1) ([mps] memory_oversubscription)")
+        );
+        // Another uid on a GPU serving uid 1000.
+        let s = select(&only2, &full[..1], &count(1), &policy, &[], &sharer(2000));
+        assert!(s.refusal.unwrap().contains("([mps] mixed_users)"));
+        // A request for whole GPUs never lands on an MPS GPU.
+        let whole_only = Asker {
+            share: None,
+            ..sharer(1000)
+        };
+        let s = select(&only2, &[], &count(1), &policy, &[], &whole_only);
+        assert_eq!(
+            s.refusal.as_deref(),
+            Some("1 GPU requested, 0 free: GPU 2 (GPU-22222222): shared through MPS ([mps] gpus): ask for a share with MLENV_GPU_MEMORY")
+        );
+        // When every GPU is shared, a plain request gets the default share.
+        let all = MpsSection {
+            gpus: MpsGpus::All("all".into()),
+            ..MpsSection::default()
+        };
+        assert_eq!(placement(&only2, &all, false, twenty), Some(twenty));
+        assert_eq!(placement(&gpus, &mps, false, twenty), None);
+        assert_eq!(placement(&gpus, &mps, true, twenty), Some(twenty));
+    }
+
+    #[test]
     fn blocked_gpus_are_not_free_and_say_why() {
         let gpus = vec![gpu(0, 0, 79), gpu(1, 0, 79)];
         let blocked = vec![(0, "no device node /dev/nvidia0".to_string())];
-        let s = select(&gpus, &[], &count(1), &GpuSection::default(), &blocked);
+        let s = select(
+            &gpus,
+            &[],
+            &count(1),
+            &GpuSection::default(),
+            &blocked,
+            &whole(),
+        );
         assert_eq!(chosen(&s), vec![1]);
         assert_eq!(s.gpus[0].why, "no device node /dev/nvidia0");
         assert!(!s.gpus[0].free);
@@ -545,7 +686,7 @@ mod tests {
             ],
             source: Source::NvidiaVisibleDevices,
         };
-        let s = select(&gpus, &[], &req, &GpuSection::default(), &[]);
+        let s = select(&gpus, &[], &req, &GpuSection::default(), &[], &whole());
         assert_eq!(
             s.refusal.as_deref(),
             Some("MIG-abc requested: MIG devices are not managed by mlenv; ask for whole GPUs")
@@ -554,7 +695,7 @@ mod tests {
             ids: vec![DeviceId::Uuid(gpus[1].uuid.clone()), DeviceId::Index(1)],
             source: Source::NvidiaVisibleDevices,
         };
-        let s = select(&gpus, &[], &req, &GpuSection::default(), &[]);
+        let s = select(&gpus, &[], &req, &GpuSection::default(), &[], &whole());
         assert_eq!(chosen(&s), vec![1]);
     }
 }
