@@ -122,6 +122,47 @@ impl Spec {
         Ok(slot.as_array_mut().expect("checked above"))
     }
 
+    /// Puts `item` into the array `key` of the object at `path`: it replaces the entry
+    /// whose `id` field (a device's `path`, a mount's `destination`) equals its own,
+    /// else it is appended. Returns whether anything changed.
+    pub fn upsert(
+        &mut self,
+        path: &[&str],
+        key: &str,
+        id: &str,
+        item: Value,
+    ) -> Result<bool, SpecError> {
+        let arr = self.array_mut(path, key)?;
+        let same = |v: &Value| item.get(id).is_some() && v.get(id) == item.get(id);
+        match arr.iter().position(same) {
+            Some(i) if arr[i] == item => Ok(false),
+            Some(i) => {
+                arr[i] = item;
+                Ok(true)
+            }
+            None => {
+                arr.push(item);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Appends `item` to the array `key` of the object at `path` unless an equal entry
+    /// is there. Returns whether it was appended.
+    pub fn push_unique(
+        &mut self,
+        path: &[&str],
+        key: &str,
+        item: Value,
+    ) -> Result<bool, SpecError> {
+        let arr = self.array_mut(path, key)?;
+        if arr.contains(&item) {
+            return Ok(false);
+        }
+        arr.push(item);
+        Ok(true)
+    }
+
     /// `process.user.uid` and `gid` (0 when absent, as runc reads them).
     pub fn user(&self) -> (u32, u32) {
         let get = |f: &str| {
@@ -217,6 +258,28 @@ mod tests {
         assert_eq!(s.json["process"]["env"], json!(["X=1"]));
         let mut s = spec(json!({"process": {"env": "A=1"}}));
         assert!(s.set_env("X", "1").is_err());
+    }
+
+    #[test]
+    fn upsert_replaces_by_id_and_push_unique_appends_once() {
+        let mut s = spec(json!({"mounts": [{"destination": "/a", "source": "x"}]}));
+        let a = json!({"destination": "/a", "source": "y"});
+        assert!(s.upsert(&[], "mounts", "destination", a.clone()).unwrap());
+        assert!(!s.upsert(&[], "mounts", "destination", a.clone()).unwrap());
+        let b = json!({"destination": "/b"});
+        assert!(s.upsert(&[], "mounts", "destination", b.clone()).unwrap());
+        assert_eq!(s.json["mounts"], json!([a, b]));
+        let rule = json!({"allow": true});
+        assert!(s
+            .push_unique(&["linux", "resources"], "devices", rule.clone())
+            .unwrap());
+        assert!(!s
+            .push_unique(&["linux", "resources"], "devices", rule)
+            .unwrap());
+        assert_eq!(
+            s.json["linux"]["resources"]["devices"],
+            json!([{"allow": true}])
+        );
     }
 
     #[test]

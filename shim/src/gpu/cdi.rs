@@ -202,54 +202,35 @@ fn merge(spec: &mut Spec, edits: &Value) -> Result<bool, SpecError> {
             changed |= spec.set_env(k, v)?;
         }
     }
-    let keyed = |spec: &mut Spec, path: &[&str], key: &str, id: &str, items: Vec<Value>| {
-        let arr = spec.array_mut(path, key)?;
-        let mut changed = false;
-        for item in items {
-            let same = |v: &Value| v.get(id).is_some() && v.get(id) == item.get(id);
-            match arr.iter().position(same) {
-                Some(i) if arr[i] == item => {}
-                Some(i) => {
-                    arr[i] = item;
-                    changed = true;
-                }
-                None => {
-                    arr.push(item);
-                    changed = true;
-                }
-            }
+    for (path, key, id, from) in [
+        (&["linux"][..], "devices", "path", "/linux/devices"),
+        (&[][..], "mounts", "destination", "/mounts"),
+    ] {
+        for item in list(from) {
+            changed |= spec.upsert(path, key, id, item)?;
         }
-        Ok::<bool, SpecError>(changed)
-    };
-    changed |= keyed(spec, &["linux"], "devices", "path", list("/linux/devices"))?;
-    changed |= keyed(spec, &[], "mounts", "destination", list("/mounts"))?;
-    let mut append = |path: &[&str], key: &str, items: Vec<Value>| {
-        let arr = spec.array_mut(path, key)?;
-        for item in items {
-            if !arr.contains(&item) {
-                arr.push(item);
-                changed = true;
-            }
+    }
+    for (path, key, from) in [
+        (
+            &["linux", "resources"][..],
+            "devices",
+            "/linux/resources/devices",
+        ),
+        (
+            &["process", "user"][..],
+            "additionalGids",
+            "/process/user/additionalGids",
+        ),
+    ] {
+        for item in list(from) {
+            changed |= spec.push_unique(path, key, item)?;
         }
-        Ok::<(), SpecError>(())
-    };
-    append(
-        &["linux", "resources"],
-        "devices",
-        list("/linux/resources/devices"),
-    )?;
-    append(
-        &["process", "user"],
-        "additionalGids",
-        list("/process/user/additionalGids"),
-    )?;
+    }
     if let Some(hooks) = edits.get("hooks").and_then(Value::as_object) {
         for (stage, items) in hooks {
-            append(
-                &["hooks"],
-                stage,
-                items.as_array().cloned().unwrap_or_default(),
-            )?;
+            for item in items.as_array().cloned().unwrap_or_default() {
+                changed |= spec.push_unique(&["hooks"], stage, item)?;
+            }
         }
     }
     Ok(changed)

@@ -3,7 +3,7 @@
 //! hook: a systemd reload rewrites device cgroups from what the runtime was told.
 
 use crate::spec::{Spec, SpecError};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -75,34 +75,16 @@ pub fn control_nodes(dir: &Path) -> Result<Vec<Node>, String> {
 /// Idempotent. Returns whether the spec changed.
 pub fn add(spec: &mut Spec, nodes: &[Node]) -> Result<bool, SpecError> {
     let mut changed = false;
-    let devices = spec.array_mut(&["linux"], "devices")?;
     for n in nodes {
         let entry = json!({
             "path": n.path, "type": "c", "major": n.major, "minor": n.minor,
             "fileMode": n.mode, "uid": n.uid, "gid": n.gid,
         });
-        match devices
-            .iter()
-            .position(|d| d.get("path").and_then(Value::as_str) == Some(&n.path))
-        {
-            Some(i) if devices[i] == entry => {}
-            Some(i) => {
-                devices[i] = entry;
-                changed = true;
-            }
-            None => {
-                devices.push(entry);
-                changed = true;
-            }
-        }
+        changed |= spec.upsert(&["linux"], "devices", "path", entry)?;
     }
-    let rules = spec.array_mut(&["linux", "resources"], "devices")?;
     for n in nodes {
         let rule = json!({"allow": true, "type": "c", "major": n.major, "minor": n.minor, "access": "rwm"});
-        if !rules.contains(&rule) {
-            rules.push(rule);
-            changed = true;
-        }
+        changed |= spec.push_unique(&["linux", "resources"], "devices", rule)?;
     }
     Ok(changed)
 }

@@ -6,7 +6,7 @@
 use crate::spec::{Spec, SpecError};
 use crate::units::{rounded, ByteSize, Positive};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::PathBuf;
 
 /// NVIDIA's floor for a pinned device memory limit that MPS clients can work with.
@@ -301,22 +301,16 @@ pub fn apply(
         }
         spec.set_env(name, value)?;
     }
-    let mounts = spec.array_mut(&[], "mounts")?;
-    let mut put = |destination: &str, source: &str| {
-        let m = json!({
+    for (destination, source) in [
+        (pipe.clone(), pipe.clone()),
+        ("/dev/shm".into(), mps.shm_directory.display().to_string()),
+    ] {
+        let mount = json!({
             "destination": destination, "type": "bind", "source": source,
             "options": ["rbind", "rw", "nosuid", "nodev"],
         });
-        match mounts
-            .iter()
-            .position(|v| v.get("destination").and_then(Value::as_str) == Some(destination))
-        {
-            Some(i) => mounts[i] = m,
-            None => mounts.push(m),
-        }
-    };
-    put(&pipe, &pipe);
-    put("/dev/shm", &mps.shm_directory.display().to_string());
+        spec.upsert(&[], "mounts", "destination", mount)?;
+    }
     actions.push(format!(
         "MPS share: {limit} pinned on {}, {}% threads",
         uuids.join(", "),
