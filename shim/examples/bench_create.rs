@@ -110,33 +110,23 @@ fn main() {
     fs::write(&gpu_cfg, &gpu_pristine).unwrap();
     // Eight idle GPUs through the test NVML library, device nodes standing in as links
     // to /dev/null.
-    let nvml = dir.join("nvml");
-    fs::create_dir(&nvml).unwrap();
-    let fake = bin_dir.join("libmlenv_fake_nvml.so");
-    assert!(
-        fake.exists(),
-        "{} missing: cargo build --release --workspace first",
-        fake.display()
-    );
-    fs::copy(&fake, nvml.join("libnvidia-ml.so.1")).unwrap();
     let gpus: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"uuid": "GPU-{i:08}-0000-0000-0000-000000000000", "minor": {i}}}"#))
         .collect();
-    fs::write(
-        nvml.join("fake-nvml.json"),
-        format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
+    let nvml = mlenv::gpu::install_fake_nvml(
+        bin_dir,
+        &dir.join("nvml"),
+        &format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e} (--release)"));
     let dev = dir.join("dev");
     fs::create_dir(&dev).unwrap();
     for i in 0..8 {
         std::os::unix::fs::symlink("/dev/null", dev.join(format!("nvidia{i}"))).unwrap();
     }
     std::os::unix::fs::symlink("/dev/null", dev.join("nvidiactl")).unwrap();
-    let gpu_policy = format!(
-        "[gpu]\nnvml_library = {:?}\ninject = \"devices\"\ndevice_dir = {dev:?}\n",
-        nvml.join("libnvidia-ml.so.1")
-    );
+    let gpu_policy =
+        format!("[gpu]\nnvml_library = {nvml:?}\ninject = \"devices\"\ndevice_dir = {dev:?}\n");
 
     let write_policy = |name: &str, runtime: &Path, body: &str| -> PathBuf {
         let p = dir.join(name).join("mlenv.toml");

@@ -326,13 +326,7 @@ impl Gpus {
             (Ok(host), _) => {
                 // MPS: a share asked for, or every GPU shared.
                 let asked = crate::gpu::mps::MpsSection::asked(spec);
-                let all_shared = select::placement(
-                    &host.0,
-                    &policy.mps,
-                    false,
-                    crate::gpu::mps::Share::default(),
-                );
-                if asked || all_shared.is_some() {
+                if select::wants_share(&host.0, &policy.mps, asked) {
                     match crate::gpu::mps::ask(spec, &policy.mps) {
                         Ok(share) => out.share = Some(share),
                         Err(e) => out.refusals.extend(e),

@@ -1,7 +1,7 @@
 //! Admission through a real dockerd: host thresholds, project quotas, and quotas under
 //! concurrent `docker run`s.
 
-use crate::docker::{docker, docker_cmd, engine};
+use crate::docker::{docker, docker_cmd, engine, race};
 use crate::support::*;
 
 #[test]
@@ -113,29 +113,8 @@ fn twenty_racing_runs_under_a_quota_of_five() {
     ) else {
         return;
     };
-    let children: Vec<_> = (0..20)
-        .map(|i| {
-            docker_cmd(&[
-                "run",
-                "-d",
-                "--name",
-                &format!("mlenv-race-{i}"),
-                "-e",
-                "MLENV_PROJECT=race",
-                IMAGE,
-                "sleep",
-                "600",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let names: Vec<String> = (0..20).map(|i| format!("mlenv-race-{i}")).collect();
+    let outputs = race(&names, "MLENV_PROJECT=race");
     let admitted = outputs.iter().filter(|o| o.status.success()).count();
     let refused: Vec<String> = outputs
         .iter()
@@ -143,7 +122,6 @@ fn twenty_racing_runs_under_a_quota_of_five() {
         .map(stderr)
         .collect();
     let running = docker(&["ps", "-q", "--filter", "name=mlenv-race-"]);
-    let names: Vec<String> = (0..20).map(|i| format!("mlenv-race-{i}")).collect();
     let mut rm = vec!["rm", "-f"];
     rm.extend(names.iter().map(String::as_str));
     let _ = run(&mut docker_cmd(&rm));

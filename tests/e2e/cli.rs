@@ -4,7 +4,6 @@
 use crate::support::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
 fn mlenv(policy: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -150,21 +149,13 @@ fn policy_check_rejects_impossible_mps_settings() {
         "{}",
         stderr(&o)
     );
-    let nvml = p.dir.path().join("nvml");
-    fs::create_dir(&nvml).unwrap();
-    let built = Path::new(RUNTIME).with_file_name("libmlenv_fake_nvml.so");
-    fs::copy(&built, nvml.join("libnvidia-ml.so.1")).unwrap();
-    fs::write(
-        nvml.join("fake-nvml.json"),
+    let lib = fake_nvml(
+        &p.dir.path().join("nvml"),
         r#"{"gpus": [{"uuid": "GPU-0", "minor": 0}]}"#,
-    )
-    .unwrap();
+    );
     let body = fs::read_to_string(&p.main).unwrap().replace(
         "max_threads = 150",
-        &format!(
-            "max_memory = \"96G\"\n[gpu]\nnvml_library = {:?}",
-            nvml.join("libnvidia-ml.so.1")
-        ),
+        &format!("max_memory = \"96G\"\n[gpu]\nnvml_library = {:?}", lib),
     );
     fs::write(&p.main, body).unwrap();
     let o = run(Command::new(CLI)

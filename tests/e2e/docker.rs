@@ -22,6 +22,27 @@ pub fn docker(args: &[&str]) -> String {
     ok(&mut docker_cmd(args)).trim().to_string()
 }
 
+/// Starts `docker run -d --name NAME -e ENV IMAGE sleep 600` for every name at once
+/// (racing creates) and waits for all; outputs in the order of `names`.
+pub fn race(names: &[String], env: &str) -> Vec<std::process::Output> {
+    let children: Vec<_> = names
+        .iter()
+        .map(|name| {
+            docker_cmd(&[
+                "run", "-d", "--name", name, "-e", env, IMAGE, "sleep", "600",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
 /// The busybox image, imported once from the test rootfs.
 fn image() {
     static DONE: OnceLock<()> = OnceLock::new();

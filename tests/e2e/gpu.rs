@@ -2,7 +2,7 @@
 //! device nodes made with mknod: what a container sees, what is refused and why, and
 //! leases under racing creates.
 
-use crate::docker::{docker, docker_cmd, engine};
+use crate::docker::{docker, docker_cmd, engine, race};
 use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,17 +19,7 @@ struct GpuHost {
 impl GpuHost {
     fn new(gpus_json: &str, count: u32) -> GpuHost {
         let dir = tempfile::tempdir().unwrap();
-        let nvml = dir.path().join("nvml");
-        std::fs::create_dir(&nvml).unwrap();
-        let built = Path::new(RUNTIME).with_file_name("libmlenv_fake_nvml.so");
-        assert!(
-            built.exists(),
-            "{} not built: run cargo build --workspace",
-            built.display()
-        );
-        let lib = nvml.join("libnvidia-ml.so.1");
-        std::fs::copy(&built, &lib).unwrap();
-        std::fs::write(nvml.join("fake-nvml.json"), gpus_json).unwrap();
+        let lib = fake_nvml(&dir.path().join("nvml"), gpus_json);
         let dev = dir.path().join("dev");
         std::fs::create_dir(&dev).unwrap();
         let mut nodes: Vec<(String, u32, u32)> =
@@ -258,30 +248,7 @@ fn sixteen_racing_creates_lease_four_gpus_once_each() {
         return;
     };
     let names: Vec<String> = (0..16).map(|i| format!("mlenv-gpurace-{i}")).collect();
-    let children: Vec<_> = names
-        .iter()
-        .map(|name| {
-            docker_cmd(&[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "-e",
-                "MLENV_GPUS=1",
-                IMAGE,
-                "sleep",
-                "600",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outputs = race(&names, "MLENV_GPUS=1");
     let admitted: Vec<&String> = names
         .iter()
         .zip(&outputs)

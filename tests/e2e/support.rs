@@ -157,6 +157,13 @@ pub fn limits(out: &str) -> (String, String, String) {
     (get("memory"), get("cpu"), get("pids"))
 }
 
+/// The test NVML library of this build installed in `dir` with the GPUs of
+/// `gpus_json` (see `mlenv::gpu::install_fake_nvml`); returns the library's path.
+pub fn fake_nvml(dir: &Path, gpus_json: &str) -> PathBuf {
+    mlenv::gpu::install_fake_nvml(Path::new(RUNTIME).parent().unwrap(), dir, gpus_json)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A policy written for one test: its own inventory, in its own directory.
 pub struct Policy {
     pub dir: tempfile::TempDir,

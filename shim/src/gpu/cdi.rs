@@ -239,7 +239,6 @@ fn merge(spec: &mut Spec, edits: &Value) -> Result<bool, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::probe::GpuInfo;
 
     const CDI: &str = r#"{
   "cdiVersion": "0.5.0",
@@ -260,35 +259,7 @@ mod tests {
   }
 }"#;
 
-    fn gpu(index: u32, uuid: &str) -> GpuInfo {
-        GpuInfo {
-            index,
-            uuid: uuid.into(),
-            name: String::new(),
-            minor: index,
-            memory_total: 0,
-            memory_used: 0,
-            memory_free: 0,
-            utilization: 0,
-            processes: vec![],
-            mig: None,
-        }
-    }
-
-    /// The `mlenv` binary of this build (target/debug/mlenv beside deps/).
-    fn helper() -> Option<PathBuf> {
-        let exe = std::env::current_exe().ok()?;
-        let cli = exe.parent()?.parent()?.join("mlenv");
-        if cli.exists() {
-            return Some(cli);
-        }
-        let msg = format!("{} not built: run cargo build --workspace", cli.display());
-        if std::env::var("MLENV_E2E_REQUIRED").as_deref() == Ok("1") {
-            panic!("{msg}");
-        }
-        eprintln!("skipped: {msg}");
-        None
-    }
+    use crate::gpu::probe::tests::gpu;
 
     #[test]
     fn names_by_uuid_then_index_and_merges_edits_keeping_the_spec() {
@@ -370,7 +341,9 @@ mod tests {
         assert_eq!(spec.json, once);
 
         // The same through the `mlenv` binary, as mlenv-runtime calls it.
-        let Some(helper) = helper() else { return };
+        let Some(helper) = crate::gpu::probe::tests::built("mlenv") else {
+            return;
+        };
         let found = Devices::load(&dirs, "nvidia.com/gpu", &helper).unwrap();
         assert_eq!(found.name_for(&g2).as_deref(), Some("nvidia.com/gpu=2"));
         let mut again = Spec {

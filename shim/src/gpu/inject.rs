@@ -206,18 +206,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn gpu(index: u32) -> GpuInfo {
-        GpuInfo {
-            index,
-            uuid: format!("GPU-{index}"),
-            name: String::new(),
-            minor: index,
-            memory_total: 0,
-            memory_used: 0,
-            memory_free: 0,
-            utilization: 0,
-            processes: vec![],
-            mig: None,
-        }
+        crate::gpu::probe::tests::gpu(index, &format!("GPU-{index}"))
     }
 
     fn grant(index: u32) -> Granted {

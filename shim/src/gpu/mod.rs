@@ -9,4 +9,4 @@ pub mod probe;
 pub mod request;
 pub mod select;
 
-pub use probe::{fake_nvml_path, probe, GpuError, GpuInfo, GpuProcess};
+pub use probe::{fake_nvml_path, install_fake_nvml, probe, GpuError, GpuInfo, GpuProcess};

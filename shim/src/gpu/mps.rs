@@ -159,7 +159,7 @@ impl MpsSection {
 }
 
 /// A container's share of each MPS GPU it is granted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Share {
     /// Pinned device memory, bytes.
     pub memory: u64,

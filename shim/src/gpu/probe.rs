@@ -113,28 +113,84 @@ pub fn probe(lib: Option<&Path>) -> Result<Vec<GpuInfo>, GpuError> {
     Ok(out)
 }
 
+/// The file name of the test NVML library (tests/fake-nvml).
+pub const FAKE_NVML: &str = "libmlenv_fake_nvml.so";
+
 /// Where the test NVML library is built: beside the test binaries' directory.
 pub fn fake_nvml_path(target_dir: &Path) -> PathBuf {
-    target_dir.join("libmlenv_fake_nvml.so")
+    target_dir.join(FAKE_NVML)
+}
+
+/// Puts the test NVML library built in `target_dir` into `dir` (created) as
+/// libnvidia-ml.so.1, with `gpus_json` beside it as fake-nvml.json, where the library
+/// reads its GPUs when $MLENV_FAKE_NVML_CONFIG is not set (mlenv-runtime under an
+/// engine does not inherit a test's environment). Returns the library's path. For
+/// tests and benchmarks.
+pub fn install_fake_nvml(
+    target_dir: &Path,
+    dir: &Path,
+    gpus_json: &str,
+) -> Result<PathBuf, String> {
+    let built = fake_nvml_path(target_dir);
+    if !built.exists() {
+        return Err(format!(
+            "{} not built: run cargo build --workspace",
+            built.display()
+        ));
+    }
+    let lib = dir.join("libnvidia-ml.so.1");
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::copy(&built, &lib))
+        .and_then(|_| std::fs::write(dir.join("fake-nvml.json"), gpus_json))
+        .map_err(|e| {
+            format!(
+                "cannot install the test NVML library in {}: {e}",
+                dir.display()
+            )
+        })?;
+    Ok(lib)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// target/debug, from target/debug/deps/<test binary>.
-    pub(crate) fn fake() -> Option<PathBuf> {
+    /// A file built by `cargo build --workspace` into target/debug (the library of
+    /// the test NVML, the `mlenv` binary), seen from target/debug/deps/<test binary>.
+    /// None, and the test skipped, when it is not built; a failure under
+    /// MLENV_E2E_REQUIRED=1.
+    pub(crate) fn built(name: &str) -> Option<PathBuf> {
         let exe = std::env::current_exe().ok()?;
-        let lib = fake_nvml_path(exe.parent()?.parent()?);
-        if lib.exists() {
-            return Some(lib);
+        let path = exe.parent()?.parent()?.join(name);
+        if path.exists() {
+            return Some(path);
         }
-        let msg = format!("{} not built: run cargo build --workspace", lib.display());
+        let msg = format!("{} not built: run cargo build --workspace", path.display());
         if std::env::var("MLENV_E2E_REQUIRED").as_deref() == Ok("1") {
             panic!("{msg}");
         }
         eprintln!("skipped: {msg}");
         None
+    }
+
+    /// An idle GPU with no memory figures, for tables that set what they test.
+    pub(crate) fn gpu(index: u32, uuid: &str) -> GpuInfo {
+        GpuInfo {
+            index,
+            uuid: uuid.into(),
+            name: String::new(),
+            minor: index,
+            memory_total: 0,
+            memory_used: 0,
+            memory_free: 0,
+            utilization: 0,
+            processes: vec![],
+            mig: None,
+        }
+    }
+
+    pub(crate) fn fake() -> Option<PathBuf> {
+        built(FAKE_NVML)
     }
 
     const GPUS: &str = r#"{"driver_version": "550.54.15", "gpus": [

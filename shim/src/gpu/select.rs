@@ -152,11 +152,10 @@ fn held(g: &GpuInfo, leases: &[LiveLease]) -> Vec<Held> {
 }
 
 /// Whether a request goes to MPS GPUs, and with what share: when it asks for one
-/// (MLENV_GPU_MEMORY or MLENV_GPU_THREADS), or when every GPU of the host is shared.
-/// `share` is what it asked, with the defaults filled in.
-pub fn placement(gpus: &[GpuInfo], mps: &MpsSection, asked: bool, share: Share) -> Option<Share> {
-    let all_shared = !gpus.is_empty() && gpus.iter().all(|g| mps.shares(g.index, &g.uuid));
-    (asked || all_shared).then_some(share)
+/// (`asked`: MLENV_GPU_MEMORY or MLENV_GPU_THREADS set), or when every GPU of the
+/// host is shared.
+pub fn wants_share(gpus: &[GpuInfo], mps: &MpsSection, asked: bool) -> bool {
+    asked || (!gpus.is_empty() && gpus.iter().all(|g| mps.shares(g.index, &g.uuid)))
 }
 
 /// What the request amounts to once policy has read it.
@@ -367,17 +366,15 @@ mod tests {
     use crate::units::{Percent, Switch};
 
     fn gpu(index: u32, util: u32, free_gib: u64) -> GpuInfo {
+        let uuid = format!("GPU-{index}{index}{index}{index}{index}{index}{index}{index}-0000");
         GpuInfo {
-            index,
-            uuid: format!("GPU-{index}{index}{index}{index}{index}{index}{index}{index}-0000"),
             name: "NVIDIA H100 80GB HBM3".into(),
-            minor: index,
             memory_total: 80 << 30,
             memory_used: (80 - free_gib) << 30,
             memory_free: free_gib << 30,
             utilization: util,
-            processes: vec![],
             mig: Some(false),
+            ..crate::gpu::probe::tests::gpu(index, &uuid)
         }
     }
 
@@ -651,9 +648,9 @@ mod tests {
             gpus: MpsGpus::All("all".into()),
             ..MpsSection::default()
         };
-        assert_eq!(placement(&only2, &all, false, twenty), Some(twenty));
-        assert_eq!(placement(&gpus, &mps, false, twenty), None);
-        assert_eq!(placement(&gpus, &mps, true, twenty), Some(twenty));
+        assert!(wants_share(&only2, &all, false));
+        assert!(!wants_share(&gpus, &mps, false));
+        assert!(wants_share(&gpus, &mps, true));
     }
 
     #[test]
