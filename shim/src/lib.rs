@@ -20,3 +20,9 @@ pub mod policy;
 pub mod runclog;
 pub mod spec;
 pub mod units;
+
+/// The real config.json files captured from Docker, podman and containerd, copied
+/// from the workspace's shared fixtures so that a clone tests on its own.
+#[cfg(test)]
+pub(crate) const SPEC_FIXTURES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/specs");

@@ -96,7 +96,7 @@ fn concurrent_creates_all_recorded() {
     // inventory, not GPUs.
     let spec = fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/specs/docker-20.10-run.json"
+        "/../tests/fixtures/specs/docker-20.10-run.json"
     ))
     .unwrap()
     .replace("\"MLENV_GPUS=1\"", "\"MLENV_GPUS=0\"");

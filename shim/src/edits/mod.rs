@@ -64,13 +64,9 @@ mod tests {
     use crate::units::{ByteSize, Cpus, Pids};
     use std::path::PathBuf;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/specs");
-
     fn fixtures() -> Vec<(String, serde_json::Value)> {
         let mut out = Vec::new();
-        for entry in
-            std::fs::read_dir(FIXTURES).expect("../shared/fixtures/specs beside the checkout")
-        {
+        for entry in std::fs::read_dir(crate::SPEC_FIXTURES).expect("tests/fixtures/specs") {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
             out.push((
@@ -90,6 +86,28 @@ mod tests {
         Spec {
             path: PathBuf::from("/b/config.json"),
             json,
+        }
+    }
+
+    /// The copies in tests/fixtures/specs are the shared captures, where the shared
+    /// directory is beside the checkout.
+    #[test]
+    fn fixture_copies_match_the_shared_captures() {
+        let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/specs");
+        let Ok(entries) = std::fs::read_dir(shared) else {
+            eprintln!("skipped: {shared} not beside the checkout");
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let copy = std::path::Path::new(crate::SPEC_FIXTURES).join(path.file_name().unwrap());
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(&copy).unwrap_or_default(),
+                "{} differs from {}: copy it again",
+                copy.display(),
+                path.display()
+            );
         }
     }
 

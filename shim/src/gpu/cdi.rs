@@ -283,14 +283,11 @@ mod tests {
         assert_eq!(found.name_for(&g2).as_deref(), Some("nvidia.com/gpu=2"));
         assert_eq!(found.name_for(&g3), None);
 
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/specs/docker-20.10-run.json"
-        );
+        let fixture = PathBuf::from(format!("{}/docker-20.10-run.json", crate::SPEC_FIXTURES));
         let original: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
         let mut spec = Spec {
-            path: fixture.into(),
+            path: fixture.clone(),
             json: original.clone(),
         };
         let names = [found.name_for(&g1).unwrap(), found.name_for(&g2).unwrap()];
@@ -347,7 +344,7 @@ mod tests {
         let found = Devices::load(&dirs, "nvidia.com/gpu", &helper).unwrap();
         assert_eq!(found.name_for(&g2).as_deref(), Some("nvidia.com/gpu=2"));
         let mut again = Spec {
-            path: fixture.into(),
+            path: fixture.clone(),
             json: original.clone(),
         };
         assert!(found.apply(&mut again, &names).unwrap());

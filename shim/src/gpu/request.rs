@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn captured_specs() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/specs");
+        let dir = crate::SPEC_FIXTURES;
         let load = |name: &str| {
             let path = PathBuf::from(format!("{dir}/{name}"));
             let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
