@@ -163,7 +163,7 @@ pub fn prepare(
                 request.gpus = s.asked;
                 match &s.refusal {
                     Some(r) => gpu_refusals.push(r.clone()),
-                    None => match gpus.inject(&spec, s, &policy.mps) {
+                    None => match gpus.inject(&spec, s, policy) {
                         Ok((done, actions)) => {
                             gpu_actions = actions;
                             injected = Some(done);
@@ -371,8 +371,9 @@ impl Gpus {
         &mut self,
         spec: &Spec,
         s: &Selection,
-        mps: &crate::gpu::mps::MpsSection,
+        policy: &crate::policy::Policy,
     ) -> Result<(Spec, Vec<String>), inject::InjectError> {
+        let mps = &policy.mps;
         let Some((gpus, prepared, _)) = self.host.as_mut() else {
             return Ok((spec.clone(), Vec::new()));
         };
@@ -384,12 +385,41 @@ impl Gpus {
             indexes.join(",")
         )];
         actions.extend(prepared.apply(&mut out, &s.grant, gpus)?);
+        if policy.user.gpu_groups {
+            let added = crate::user::add_device_groups(
+                &mut out,
+                &device_nodes(&policy.gpu.device_dir, &s.grant),
+                &crate::hostfs::RealFiles,
+            )?;
+            if !added.is_empty() {
+                let added: Vec<String> = added.iter().map(u32::to_string).collect();
+                actions.push(format!(
+                    "group{} {} of the GPU device nodes added",
+                    if added.len() == 1 { "" } else { "s" },
+                    added.join(",")
+                ));
+            }
+        }
         if let Some(share) = s.grant.first().and_then(|g| g.share) {
             let uuids: Vec<&str> = s.grant.iter().map(|g| g.uuid.as_str()).collect();
             actions.extend(crate::gpu::mps::apply(&mut out, &uuids, share, mps)?);
         }
         Ok((out, actions))
     }
+}
+
+/// The host device nodes a container with these GPUs uses.
+fn device_nodes(dir: &Path, grant: &[select::Granted]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = grant
+        .iter()
+        .map(|g| dir.join(format!("nvidia{}", g.minor)))
+        .collect();
+    out.extend(
+        ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"]
+            .iter()
+            .map(|n| dir.join(n)),
+    );
+    out
 }
 
 /// A line kept beside the inventory for a decision the inventory could not take.
@@ -406,16 +436,34 @@ fn keep_unrecorded(inventory: &Path, id: &str, msg: &str, now_ms: i64) {
     }
 }
 
-/// Reads the spec and runs the edits; fills in who asks and what.
+/// Reads the spec, checks the security rules on it as the engine wrote it, maps the
+/// user, runs the edits; fills in who asks and what.
 fn edit(
     bundle: &Path,
     policy: &crate::policy::Policy,
     decision: &mut Decision,
 ) -> Result<(Spec, EditLog), SpecError> {
     let mut spec = Spec::load(bundle)?;
+    let files = crate::hostfs::RealFiles;
+    let rules = crate::security::check(
+        &spec.json,
+        Some(&decision.container_id),
+        &policy.security,
+        &files,
+    );
+    let mapped = crate::user::map(&mut spec, &policy.user, &files)?;
     (decision.uid, decision.gid) = spec.user();
     decision.project = spec.env("MLENV_PROJECT").map(str::to_string);
-    let edits = edits::apply_all(&mut spec, policy)?;
+    let mut edits = edits::apply_all(&mut spec, policy)?;
+    edits.refusals.splice(0..0, rules);
+    match mapped {
+        crate::user::Mapped::Kept => {}
+        crate::user::Mapped::Changed(what) => {
+            edits.changed = true;
+            edits.actions.insert(0, what);
+        }
+        crate::user::Mapped::Refused(why) => edits.refusals.insert(0, why),
+    }
     decision.requested = edits.requested;
     decision.effective = edits.effective;
     Ok((spec, edits))

@@ -13,13 +13,16 @@ pub mod edits;
 pub mod fsutil;
 pub mod gpu;
 pub mod host;
+pub mod hostfs;
 pub mod inventory;
 pub mod liveness;
 pub mod lowlevel;
 pub mod policy;
 pub mod runclog;
+pub mod security;
 pub mod spec;
 pub mod units;
+pub mod user;
 
 /// The real config.json files captured from Docker, podman and containerd, copied
 /// from the workspace's shared fixtures so that a clone tests on its own.

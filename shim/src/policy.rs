@@ -29,6 +29,8 @@ pub struct Policy {
     pub admission: AdmissionSection,
     pub gpu: GpuSection,
     pub mps: crate::gpu::mps::MpsSection,
+    pub user: crate::user::UserSection,
+    pub security: crate::security::SecuritySection,
     /// `[[quota]]` blocks. Drop-ins add blocks; a block for the same user, project or
     /// `others` replaces the earlier one.
     #[serde(rename = "quota", skip_serializing_if = "Vec::is_empty")]
@@ -535,6 +537,8 @@ impl Policy {
         pair(l.default_cpus, l.max_cpus, "cpus")?;
         pair(l.default_pids, l.max_pids, "pids")?;
         self.mps.validate(None)?;
+        self.user.validate()?;
+        self.security.validate()?;
         if self.gpu.max_per_container == Some(0) {
             return Err(
                 "[gpu] max_per_container = 0 would refuse every GPU request; leave it out for no limit"
@@ -783,6 +787,11 @@ mod tests {
             l.policy.gpu,
             GpuSection::default(),
             "shipped = built-in GPU defaults"
+        );
+        assert_eq!(l.policy.user, crate::user::UserSection::default());
+        assert_eq!(
+            l.policy.security,
+            crate::security::SecuritySection::default()
         );
     }
 

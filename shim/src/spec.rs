@@ -226,6 +226,35 @@ fn shape(pointer: &str, v: &Value, expected: &'static str) -> SpecError {
     }
 }
 
+/// A bind mount of the spec: type `bind`, or a `bind`/`rbind` option (both forms are
+/// in use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub source: &'a str,
+    pub destination: &'a str,
+}
+
+pub fn bind_mounts(spec: &Value) -> Vec<Bind<'_>> {
+    let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    mounts
+        .iter()
+        .filter(|m| {
+            m.get("type").and_then(Value::as_str) == Some("bind")
+                || m.get("options")
+                    .and_then(Value::as_array)
+                    .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+        })
+        .filter_map(|m| {
+            Some(Bind {
+                source: m.get("source")?.as_str()?,
+                destination: m.get("destination").and_then(Value::as_str).unwrap_or("?"),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -309,6 +309,15 @@ impl<T: Copy> Switch<T> {
     }
 }
 
+impl<T> Switch<T> {
+    pub fn as_ref(&self) -> Option<&T> {
+        match self {
+            Switch::Off => None,
+            Switch::On(v) => Some(v),
+        }
+    }
+}
+
 impl<T: Serialize> Serialize for Switch<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -350,6 +359,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Switch<T> {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Switch<T>, E> {
                 T::deserialize(StrDeserializer::<E>::new(v)).map(Switch::On)
+            }
+            // Lists: `allowed_bind_roots = ["/home"]` or `false`.
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Switch<T>, A::Error> {
+                T::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Switch::On)
             }
         }
         d.deserialize_any(V(PhantomData))

@@ -293,6 +293,36 @@ fn sixteen_racing_creates_lease_four_gpus_once_each() {
 
 /// MPS: on an 80G GPU shared through MPS, containers asking 20G each: four are
 /// admitted, the fifth is refused with the sums; inside, the three variables hold the
+/// A remapped (non-root) container granted a GPU whose nodes are 0660 root:44 gets
+/// group 44, and can open its node; without a GPU it gets no such group.
+#[test]
+fn a_non_root_gpu_container_gets_the_device_group() {
+    let host = GpuHost::new(
+        &format!(r#"{{"gpus": [{{"uuid": "{}", "minor": 0}}]}}"#, uuid(0)),
+        1,
+    );
+    for entry in std::fs::read_dir(&host.dev).unwrap() {
+        let node = entry.unwrap().path();
+        std::os::unix::fs::chown(&node, Some(0), Some(44)).unwrap();
+        std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+            .unwrap();
+    }
+    let body = format!(
+        "{}[user]\nmapping = \"fixed\"\nuid = 1000\n",
+        host.policy("devices")
+    );
+    let Some((_g, _policy)) = engine("gpu_groups", &["mknod"], &body) else {
+        return;
+    };
+    // Opening the fake node fails past the permission check (no driver behind it):
+    // ENXIO, not EACCES.
+    let show = "id -u; id -G; cat /dev/nvidia0 2>&1 | grep -o 'Permission denied' || echo opened";
+    let out = docker(&["run", "--rm", "-e", "MLENV_GPUS=1", IMAGE, "sh", "-c", show]);
+    assert_eq!(out, "1000\n1000 44\nopened");
+    let out = docker(&["run", "--rm", IMAGE, "sh", "-c", "id -G"]);
+    assert_eq!(out, "1000");
+}
+
 /// granted values (a value the user set is replaced) and the pipe directory and the
 /// shared /dev/shm are mounted.
 #[test]

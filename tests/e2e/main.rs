@@ -11,4 +11,5 @@ mod containerd;
 mod docker;
 mod gpu;
 mod runc;
+mod security;
 mod support;

@@ -1,0 +1,185 @@
+//! `[security]` rules and `[user]` mapping through a real dockerd: what `docker run`
+//! prints when a rule refuses, and who owns what a container writes.
+
+use crate::docker::{docker, docker_cmd, engine};
+use crate::support::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// `docker run ARGS` refused: exit 125 and the reason in Docker's own output.
+#[track_caller]
+fn refused(args: &[&str], reason: &str) {
+    let o = run(&mut docker_cmd(args));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(125), "{args:?}: {err}");
+    assert!(
+        err.contains(&format!(
+            "OCI runtime create failed: mlenv: refused: {reason}"
+        )),
+        "{args:?}: {err}"
+    );
+}
+
+#[test]
+fn engine_socket_privileged_host_namespaces_and_capabilities_are_refused() {
+    let Some((_g, policy)) = engine("security_rules", &[], "") else {
+        return;
+    };
+    // Docker creates a missing bind source as a directory before the runtime runs:
+    // remove what this test made, never a real socket.
+    let socket = Path::new("/run/docker.sock");
+    let existed = socket.exists();
+    refused(
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "/var/run/docker.sock:/s",
+            IMAGE,
+            "true",
+        ],
+        "bind mount of engine socket /run/docker.sock at /s ([security] refuse_engine_sockets)",
+    );
+    if !existed && socket.is_dir() {
+        let _ = std::fs::remove_dir(socket);
+    }
+    refused(
+        &["run", "--rm", "--privileged", IMAGE, "true"],
+        "privileged container: every host device allowed (linux.resources.devices) ([security] refuse_privileged)",
+    );
+    refused(
+        &["run", "--rm", "--network", "host", IMAGE, "true"],
+        // Docker joins the host's network namespace by a bind-mounted path.
+        "host network namespace: joins ",
+    );
+    refused(
+        &["run", "--rm", "--pid", "host", IMAGE, "true"],
+        "host pid namespace: linux.namespaces has no pid namespace ([security] refuse_host_namespaces)",
+    );
+    refused(
+        &["run", "--rm", "--cap-add", "SYS_ADMIN", IMAGE, "true"],
+        "capability CAP_SYS_ADMIN not in [security] allowed_capabilities",
+    );
+    // Asking from the container's environment changes nothing.
+    refused(
+        &[
+            "run",
+            "--rm",
+            "-e",
+            "MLENV_SECURITY=off",
+            "-e",
+            "MLENV_PRIVILEGED=1",
+            "--cap-add",
+            "SYS_ADMIN",
+            IMAGE,
+            "true",
+        ],
+        "capability CAP_SYS_ADMIN not in [security] allowed_capabilities",
+    );
+    // An ordinary container passes, and so does a bind mount of a project directory.
+    let dir = tempfile::tempdir().unwrap();
+    let bind = format!("{}:/w", dir.path().display());
+    assert_eq!(
+        docker(&["run", "--rm", "-v", &bind, IMAGE, "echo", "ok"]),
+        "ok"
+    );
+    let refusals: Vec<_> = policy
+        .history()
+        .into_iter()
+        .filter(|d| d["outcome"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 6, "{refusals:?}");
+
+    // Each rule can be switched off; bind roots, when set, refuse the rest.
+    std::fs::write(
+        policy.main.parent().unwrap().join("conf.d/50-rules.toml"),
+        format!(
+            "[security]\nrefuse_host_namespaces = false\nallowed_capabilities = false\nallowed_bind_roots = [{:?}]\n",
+            dir.path()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--cap-add",
+            "SYS_ADMIN",
+            "-v",
+            &bind,
+            IMAGE,
+            "echo",
+            "ok"
+        ]),
+        "ok"
+    );
+    refused(
+        &["run", "--rm", "-v", "/etc:/hostetc", IMAGE, "true"],
+        &format!(
+            "bind mount of /etc at /hostetc is outside the allowed roots {} ([security] allowed_bind_roots)",
+            dir.path().display()
+        ),
+    );
+}
+
+#[test]
+fn a_file_written_in_a_users_directory_belongs_to_that_user() {
+    let Some((_g, policy)) = engine(
+        "user_workdir_owner",
+        &[],
+        "[user]\nmapping = \"workdir-owner\"\nroot = \"refuse\"\n",
+    ) else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(project.path(), Some(1000), Some(1000)).unwrap();
+    let bind = format!("{}:/work", project.path().display());
+    // The image runs as root; the container runs as the directory's owner.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind,
+        "-w",
+        "/work",
+        IMAGE,
+        "sh",
+        "-c",
+        "touch made-here && id -u && id -g && id -G",
+    ]);
+    assert_eq!(out, "1000\n1000\n1000");
+    let made = std::fs::metadata(project.path().join("made-here")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (1000, 1000));
+    let said = format!(
+        "runs as 1000:1000 instead of root (owner of {})",
+        project.path().display()
+    );
+    let h = policy.history();
+    assert!(
+        h.iter()
+            .any(|d| d["reason"].as_str().unwrap().contains(&said)),
+        "{h:?}"
+    );
+    // An explicit non-root user is kept.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind,
+        "-w",
+        "/work",
+        "--user",
+        "1234:1234",
+        IMAGE,
+        "id",
+        "-u",
+    ]);
+    assert_eq!(out, "1234");
+    // Still root with nothing to map from: refused, saying what to do.
+    refused(
+        &["run", "--rm", IMAGE, "true"],
+        "runs as root, and no bind mount with a non-root owner holds its working directory",
+    );
+}
