@@ -31,7 +31,7 @@ fn fill(path: &Path, rows: usize) {
         d.effective.cpus = Some(1.0);
         // The newest LIVE are admitted and still live; the rest are refusals.
         let live = i + LIVE >= rows;
-        inv.admit(&mut d, None, &host, |_, d| {
+        inv.admit(&mut d, Default::default(), &host, |_, d| {
             d.outcome = if live {
                 Outcome::Admitted
             } else {
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
                     cpus: Some(0.001),
                     gpus: 0,
                 };
-                inv.admit(&mut d, None, &host, |usage, d| {
+                inv.admit(&mut d, Default::default(), &host, |usage, d| {
                     let mut checks =
                         admission::reservation_checks(&policy.admission, &state, &usage.all, &req);
                     checks.extend(admission::quota_checks(&policy, usage, &req));

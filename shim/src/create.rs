@@ -26,6 +26,8 @@ pub enum CreateError {
         error: Box<PolicyError>,
         fallback: Box<PolicyError>,
     },
+    #[error("refused: {0}")]
+    Untrusted(#[from] crate::trust::TrustError),
     #[error("no container id in the {0} command")]
     NoId(String),
     #[error(transparent)]
@@ -48,6 +50,15 @@ pub enum Verdict {
 /// The policy in force: the files, or the last known good one when the files do not
 /// validate and the policy says to fall back (said in the log as a warning).
 pub fn policy_in_force(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Loaded, CreateError> {
+    // A policy someone else can write is no policy: refuse rather than fall back.
+    let files = crate::hostfs::RealFiles;
+    crate::trust::check_policy(main, &policy::dropins(main).unwrap_or_default(), &files)?;
+    let loaded = load_policy(main, log, now_ms)?;
+    crate::trust::check_inventory(&loaded.policy.inventory.path, &files)?;
+    Ok(loaded)
+}
+
+fn load_policy(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Loaded, CreateError> {
     match policy::load(main) {
         Ok(loaded) => {
             // Best effort: a read-only inventory directory must not block creates.
@@ -80,6 +91,18 @@ pub fn policy_in_force(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Lo
     }
 }
 
+/// Who decides: the runtime wrapper, which can still rewrite config.json, or
+/// mlenv-hook alone (podman's or CRI-O's hooks directory), called once the container
+/// exists, which can only admit or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Runtime,
+    /// The container's init process (pid, start time), from the OCI state.
+    Hook {
+        init: (u32, u64),
+    },
+}
+
 /// Runs a create up to the hand-over: policy, edits, admission, record. Every decision
 /// that gets as far as a container id is recorded, errors included.
 pub fn prepare(
@@ -90,10 +113,39 @@ pub fn prepare(
     host: &dyn Host,
     log: &mut RuncLog,
 ) -> Result<Verdict, CreateError> {
+    decide(Mode::Runtime, inv, cwd, main, clock, host, log)
+}
+
+/// [`prepare`], in either mode. In hook mode nothing is written to the bundle: what
+/// the policy would change (a default or clamped limit, a user mapping, GPUs chosen
+/// by count) cannot happen any more and is refused, saying so.
+pub fn decide(
+    mode: Mode,
+    inv: &Invocation,
+    cwd: &Path,
+    main: &Path,
+    clock: &dyn Clock,
+    host: &dyn Host,
+    log: &mut RuncLog,
+) -> Result<Verdict, CreateError> {
     let now = clock.now_ms();
-    let loaded = policy_in_force(main, log, now)?;
+    let mut loaded = policy_in_force(main, log, now)?;
+    if mode != Mode::Runtime {
+        // Defaults cannot be applied and clamps cannot lower anything from a hook.
+        let l = &mut loaded.policy.limits;
+        (
+            l.default_memory,
+            l.default_swap,
+            l.default_cpus,
+            l.default_pids,
+        ) = (None, None, None, None);
+        l.over_limit = crate::policy::OverLimit::Refuse;
+    }
     let policy = &loaded.policy;
-    let runtime = lowlevel::locate(policy.runtime.path.as_deref())?;
+    let runtime = match mode {
+        Mode::Runtime => lowlevel::locate(policy.runtime.path.as_deref())?,
+        Mode::Hook { .. } => PathBuf::new(),
+    };
     let id = inv
         .container_id
         .clone()
@@ -102,7 +154,7 @@ pub fn prepare(
 
     let mut decision = Decision::new(now, &id, &bundle);
     decision.root = inv.root.as_ref().map(|r| r.display().to_string());
-    let (spec, edits) = match edit(&bundle, policy, &mut decision) {
+    let (spec, mut edits) = match edit(&bundle, policy, &mut decision) {
         Ok(done) => done,
         Err(e) => {
             decision.outcome = Outcome::Error;
@@ -115,6 +167,13 @@ pub fn prepare(
             return Err(e.into());
         }
     };
+
+    if mode != Mode::Runtime && edits.changed {
+        edits.refusals.push(format!(
+            "mlenv-hook cannot change a container that exists: {}; ask for it in the run command, or register mlenv-runtime with the engine",
+            edits.actions.join("; ")
+        ));
+    }
 
     // The host, once, before the transaction: its checks do not depend on the
     // inventory, and the write lock is not held while /proc is read.
@@ -148,12 +207,21 @@ pub fn prepare(
     // The spec with the granted GPUs injected, made in the transaction and used only
     // once the decision that leases them is committed.
     let mut injected: Option<Spec> = None;
-    let creator = host
-        .process_start(std::process::id())
-        .map(|start| (std::process::id(), start));
+    let track = match mode {
+        Mode::Runtime => crate::inventory::Track {
+            creator: host
+                .process_start(std::process::id())
+                .map(|start| (std::process::id(), start)),
+            init: None,
+        },
+        Mode::Hook { init } => crate::inventory::Track {
+            creator: None,
+            init: Some(init),
+        },
+    };
 
     let recorded = Inventory::open(&policy.inventory.path).and_then(|mut inventory| {
-        inventory.admit(&mut decision, creator, host, |usage, d| {
+        inventory.admit(&mut decision, track, host, |usage, d| {
             let mut checks = host_checks.clone();
             let mut gpu_actions = Vec::new();
             injected = None;
@@ -163,6 +231,16 @@ pub fn prepare(
                 request.gpus = s.asked;
                 match &s.refusal {
                     Some(r) => gpu_refusals.push(r.clone()),
+                    // The engine put the GPUs it was asked for in place: lease them.
+                    None if mode != Mode::Runtime => match &gpus.request {
+                        GpuRequest::Devices { .. } => {
+                            gpu_actions = vec![leased(&s.grant)];
+                            injected = Some(spec.clone());
+                        }
+                        other => gpu_refusals.push(format!(
+                            "mlenv-hook cannot choose GPUs for a container that exists ({other} asked); name them (NVIDIA_VISIBLE_DEVICES=1, --device nvidia.com/gpu=1), or register mlenv-runtime with the engine"
+                        )),
+                    },
                     None => match gpus.inject(&spec, s, policy) {
                         Ok((done, actions)) => {
                             gpu_actions = actions;
@@ -247,8 +325,21 @@ pub fn prepare(
     if decision.outcome != Outcome::Admitted {
         return Ok(Verdict::Refused(decision.reason));
     }
-    let changed = edits.changed || injected.is_some();
-    let spec = injected.unwrap_or(spec);
+    let mut changed = edits.changed || injected.is_some();
+    let mut spec = injected.unwrap_or(spec);
+    if mode != Mode::Runtime {
+        return Ok(Verdict::Admitted { runtime });
+    }
+    let hook = match &policy.runtime.hook {
+        None => crate::lifecycle::locate(None),
+        Some(crate::units::Switch::On(p)) => Some(p.clone()),
+        Some(crate::units::Switch::Off) => None,
+    };
+    if let Some(hook) = hook {
+        let main = cwd.join(main);
+        let config = (main != Path::new(policy::DEFAULT_MAIN)).then_some(main.as_path());
+        changed |= crate::lifecycle::inject(&mut spec, &hook, config)?;
+    }
     if changed {
         if let Err(e) = spec.save() {
             let _ = inventory.end(
@@ -378,12 +469,7 @@ impl Gpus {
             return Ok((spec.clone(), Vec::new()));
         };
         let mut out = spec.clone();
-        let indexes: Vec<String> = s.grant.iter().map(|g| g.index.to_string()).collect();
-        let mut actions = vec![format!(
-            "GPU{} {} leased",
-            if indexes.len() == 1 { "" } else { "s" },
-            indexes.join(",")
-        )];
+        let mut actions = vec![leased(&s.grant)];
         actions.extend(prepared.apply(&mut out, &s.grant, gpus)?);
         if policy.user.gpu_groups {
             let added = crate::user::add_device_groups(
@@ -406,6 +492,16 @@ impl Gpus {
         }
         Ok((out, actions))
     }
+}
+
+/// `GPUs 2,3 leased`.
+fn leased(grant: &[select::Granted]) -> String {
+    let indexes: Vec<String> = grant.iter().map(|g| g.index.to_string()).collect();
+    format!(
+        "GPU{} {} leased",
+        if indexes.len() == 1 { "" } else { "s" },
+        indexes.join(",")
+    )
 }
 
 /// The host device nodes a container with these GPUs uses.
@@ -669,6 +765,59 @@ mod tests {
         assert!(matches!(v, Verdict::Admitted { .. }));
         let text = fs::read_to_string(&logfile).unwrap();
         assert!(text.contains("using the last known good policy"), "{text}");
+    }
+
+    #[test]
+    fn untrusted_policy_or_inventory_refuses_and_names_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = fixture("[limits]\nmax_memory = \"4G\"\n", spec());
+        let mut log = RuncLog::stderr_only();
+        let mode =
+            |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        mode(&f.main, 0o664);
+        let err = run_create(&f, "t1", &host(), &mut log)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "refused: policy {0} is writable by group or others (mode 0664): it is not honoured; run `chmod go-w {0}`",
+                f.main.display()
+            )
+        );
+        // A drop-in someone else can write counts the same.
+        mode(&f.main, 0o644);
+        let conf_d = f.dir.path().join("conf.d");
+        fs::create_dir(&conf_d).unwrap();
+        fs::write(conf_d.join("x.toml"), "").unwrap();
+        mode(&conf_d, 0o777);
+        let err = run_create(&f, "t2", &host(), &mut log)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("policy drop-in {} is writable", conf_d.display())),
+            "{err}"
+        );
+        mode(&conf_d, 0o755);
+        run_create(&f, "t3", &host(), &mut log).unwrap();
+        // The inventory's directory too; and nothing is recorded in it.
+        let inv_dir = f.dir.path().join("inv");
+        mode(&inv_dir, 0o777);
+        let err = run_create(&f, "t4", &host(), &mut log)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("inventory {} is writable", inv_dir.display())),
+            "{err}"
+        );
+        mode(&inv_dir, 0o755);
+        let inv = Inventory::open(&inv_dir.join("mlenv.db")).unwrap();
+        assert!(inv.find("t4").unwrap().is_none());
+        // A passthrough call does not take the runtime an untrusted file names.
+        mode(&f.main, 0o666);
+        assert_eq!(policy::lenient(&f.main).runtime_path, None);
+        mode(&f.main, 0o644);
+        assert!(policy::lenient(&f.main).runtime_path.is_some());
     }
 
     #[test]

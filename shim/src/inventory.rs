@@ -93,7 +93,22 @@ END;
 ALTER TABLE leases ADD COLUMN mps_memory INTEGER;
 ALTER TABLE leases ADD COLUMN mps_threads INTEGER;
 "#,
+    // The container's own init process, recorded by mlenv-hook at createRuntime or
+    // prestart: liveness is then that process, exactly.
+    r#"
+ALTER TABLE containers ADD COLUMN init_pid INTEGER;
+ALTER TABLE containers ADD COLUMN init_start INTEGER;
+"#,
 ];
+
+/// How a live container is told from a dead one: the process creating it (until
+/// the runtime has state), and its init process once the hook has seen it. Each is a
+/// pid and its start time, so that a reused pid is not mistaken for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Track {
+    pub creator: Option<(u32, u64)>,
+    pub init: Option<(u32, u64)>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -181,6 +196,8 @@ pub struct Live {
     pub decision_id: i64,
     /// Indexes of the GPUs it holds.
     pub gpus: Vec<u32>,
+    /// Its init process on the host, once the lifecycle hook recorded it.
+    pub pid: Option<u32>,
 }
 
 pub struct Inventory {
@@ -349,7 +366,7 @@ impl Inventory {
 
     /// Records a decision made elsewhere (an error). Returns the decision's id.
     pub fn record(&mut self, d: &Decision) -> Result<i64, InventoryError> {
-        let id = self.write(|tx| insert(tx, d, None))?;
+        let id = self.write(|tx| insert(tx, d, Track::default()))?;
         self.settle(false);
         Ok(id)
     }
@@ -363,7 +380,7 @@ impl Inventory {
     pub fn admit<F>(
         &mut self,
         d: &mut Decision,
-        creator: Option<(u32, u64)>,
+        track: Track,
         host: &dyn Host,
         mut decide: F,
     ) -> Result<i64, InventoryError>
@@ -382,7 +399,7 @@ impl Inventory {
                     decide(&usage(d)?, d);
                 }
             }
-            insert(tx, d, creator)
+            insert(tx, d, track)
         })?;
         d.id = id;
         self.settle(false);
@@ -420,6 +437,51 @@ impl Inventory {
         Ok(n)
     }
 
+    /// Records the init process of the live container `id` (from the lifecycle
+    /// hook). Returns how many rows changed (0: no such live container).
+    pub fn started(
+        &mut self,
+        container_id: &str,
+        init: (u32, u64),
+    ) -> Result<usize, InventoryError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE containers SET init_pid = ?1, init_start = ?2
+                 WHERE container_id = ?3 AND ended_ms IS NULL",
+                params![init.0, init.1 as i64, container_id],
+            )
+            .map_err(|e| ("recording the init process", e))
+        })
+    }
+
+    /// Whether a container of this id is live (under any runtime root).
+    pub fn is_live(&self, container_id: &str) -> Result<bool, InventoryError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM containers WHERE container_id = ?1 AND ended_ms IS NULL")
+            .and_then(|mut st| st.exists(params![container_id]))
+            .map_err(|e| self.sql("looking up the container", e))
+    }
+
+    /// Marks every live container of this id ended, whatever its runtime root: the
+    /// poststop hook does not know the root. Returns how many rows changed.
+    pub fn end_any(
+        &mut self,
+        container_id: &str,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<usize, InventoryError> {
+        let n = self.write(|tx| {
+            tx.execute(
+                "UPDATE containers SET ended_ms = ?1, end_reason = ?2
+                 WHERE container_id = ?3 AND ended_ms IS NULL",
+                params![now_ms, reason, container_id],
+            )
+            .map_err(|e| ("ending the container", e))
+        })?;
+        self.settle(true);
+        Ok(n)
+    }
+
     /// The GPU leases of live containers.
     pub fn leases(&self) -> Result<Vec<LiveLease>, InventoryError> {
         live_leases(&self.conn).map_err(|e| self.sql("listing GPU leases", e))
@@ -435,7 +497,8 @@ impl Inventory {
                         (SELECT group_concat(gpu_index) FROM
                             (SELECT gpu_index FROM leases
                              WHERE container_row = c.id AND released_ms IS NULL
-                             ORDER BY gpu_index))
+                             ORDER BY gpu_index)),
+                        init_pid
                  FROM containers c WHERE ended_ms IS NULL ORDER BY created_ms, id",
             )
             .map_err(|e| self.sql("listing live containers", e))?;
@@ -459,6 +522,7 @@ impl Inventory {
                         .get::<_, Option<String>>(11)?
                         .map(|g| g.split(',').filter_map(|i| i.parse().ok()).collect())
                         .unwrap_or_default(),
+                    pid: r.get(12)?,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -514,7 +578,7 @@ impl Inventory {
 fn insert(
     tx: &rusqlite::Transaction,
     d: &Decision,
-    creator: Option<(u32, u64)>,
+    track: Track,
 ) -> Result<i64, (&'static str, rusqlite::Error)> {
     tx.execute(
         "INSERT INTO decisions (time_ms, container_id, root, bundle, uid, gid, project,
@@ -553,8 +617,9 @@ fn insert(
         .map_err(|e| ("ending a replaced container", e))?;
         tx.execute(
             "INSERT INTO containers (decision_id, container_id, root, created_ms, uid, gid,
-                project, memory, swap, cpus, pids, creator_pid, creator_start, gpus)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                project, memory, swap, cpus, pids, creator_pid, creator_start, gpus,
+                init_pid, init_start)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 id,
                 d.container_id,
@@ -567,9 +632,11 @@ fn insert(
                 d.effective.swap.map(|v| v as i64),
                 d.effective.cpus,
                 d.effective.pids,
-                creator.map(|c| c.0),
-                creator.map(|c| c.1 as i64),
+                track.creator.map(|c| c.0),
+                track.creator.map(|c| c.1 as i64),
                 d.leases.len() as i64,
+                track.init.map(|c| c.0),
+                track.init.map(|c| c.1 as i64),
             ],
         )
         .map_err(|e| ("recording the live container", e))?;
@@ -667,18 +734,22 @@ fn reconcile_in(
 ) -> rusqlite::Result<usize> {
     let rows: Vec<(i64, Tracked)> = tx
         .prepare_cached(
-            "SELECT id, container_id, root, creator_pid, creator_start
+            "SELECT id, container_id, root, creator_pid, creator_start, init_pid, init_start
              FROM containers WHERE ended_ms IS NULL",
         )?
         .query_map([], |r| {
-            let pid: Option<u32> = r.get(3)?;
-            let start: Option<i64> = r.get(4)?;
+            let process = |i: usize| -> rusqlite::Result<Option<(u32, u64)>> {
+                let pid: Option<u32> = r.get(i)?;
+                let start: Option<i64> = r.get(i + 1)?;
+                Ok(pid.zip(start.map(|s| s as u64)))
+            };
             Ok((
                 r.get(0)?,
                 Tracked {
                     container_id: r.get(1)?,
                     root: r.get(2)?,
-                    creator: pid.zip(start.map(|s| s as u64)),
+                    creator: process(3)?,
+                    init: process(5)?,
                 },
             ))
         })?
@@ -886,7 +957,7 @@ mod tests {
             d.effective.memory = mem;
             d.effective.cpus = cpus;
             let mut seen = LiveUsage::default();
-            inv.admit(&mut d, None, &host, |u, _| {
+            inv.admit(&mut d, Track::default(), &host, |u, _| {
                 seen = u.clone();
                 false
             })

@@ -12,15 +12,18 @@ pub mod create;
 pub mod edits;
 pub mod fsutil;
 pub mod gpu;
+pub mod hook;
 pub mod host;
 pub mod hostfs;
 pub mod inventory;
+pub mod lifecycle;
 pub mod liveness;
 pub mod lowlevel;
 pub mod policy;
 pub mod runclog;
 pub mod security;
 pub mod spec;
+pub mod trust;
 pub mod units;
 pub mod user;
 

@@ -24,9 +24,19 @@ pub struct Tracked {
     pub container_id: String,
     pub root: Option<String>,
     pub creator: Option<(u32, u64)>,
+    /// The container's init process, once the lifecycle hook recorded it.
+    pub init: Option<(u32, u64)>,
 }
 
 pub fn check(host: &dyn Host, t: &Tracked) -> Liveness {
+    // Recorded by the hook: the process itself says, whatever the runtime's root.
+    if let Some((pid, start)) = t.init {
+        return if host.process_start(pid) == Some(start) {
+            Liveness::Alive
+        } else {
+            Liveness::Gone("its process is gone")
+        };
+    }
     let roots: Vec<&str> = match &t.root {
         Some(r) => vec![r.as_str()],
         None => DEFAULT_ROOTS.to_vec(),
@@ -71,6 +81,7 @@ mod tests {
             container_id: "c1".into(),
             root: root.map(str::to_string),
             creator,
+            init: None,
         }
     }
 

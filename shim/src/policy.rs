@@ -53,6 +53,11 @@ pub struct RuntimeSection {
     /// The low-level runtime; unset: the first of runc, crun on the search path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// mlenv-hook, added to every admitted container's createRuntime and poststop
+    /// hooks; unset: found beside mlenv-runtime or in /usr/local/bin, /usr/bin;
+    /// `false`: not added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<Switch<PathBuf>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -611,6 +616,11 @@ pub fn lenient(main: &Path) -> Lenient {
     let mut files = vec![main.to_path_buf()];
     files.extend(dropins(main).unwrap_or_default());
     for path in files {
+        // An untrusted file could name any binary as the runtime: skipped here, and
+        // refused on create.
+        if crate::trust::check_policy(&path, &[], &crate::hostfs::RealFiles).is_err() {
+            continue;
+        }
         let Ok(text) = fs::read_to_string(&path) else {
             continue;
         };

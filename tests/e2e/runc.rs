@@ -296,3 +296,66 @@ fn killed_container_stops_counting() {
     }
     assert!(policy.live().is_empty());
 }
+
+/// mlenv-runtime adds mlenv-hook after the spec's own hooks: at createRuntime it
+/// records the container's init process; at poststop (run by runc's delete, even one
+/// that bypasses mlenv) it ends the container.
+#[test]
+fn the_hook_records_the_init_process_and_ends_the_container() {
+    if !require("runc_hook", &["runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(None, "");
+    let b = policy.dir.path().join("bundle");
+    bundle(&b, &["sleep", "600"], json!({}));
+    // An engine's own hook stays, first.
+    let path = b.join("config.json");
+    let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    spec["hooks"] = json!({"createRuntime": [{"path": "/bin/true", "args": ["true"]}]});
+    fs::write(&path, spec.to_string()).unwrap();
+    let rt = Rt::new(&policy);
+    let id = "e2e-hooked";
+    let pid_file = policy.dir.path().join("init.pid");
+    ok(rt
+        .cmd(&[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null()));
+    let written: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let create_hooks = written["hooks"]["createRuntime"].as_array().unwrap();
+    assert_eq!(create_hooks[0]["path"], "/bin/true");
+    assert_eq!(
+        create_hooks[1]["args"],
+        json!(["mlenv-hook", "createRuntime", "--recorded"])
+    );
+    let pid: u64 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let live = policy.live();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["pid"], pid, "{live:?}");
+
+    // Deleted by runc itself, not through mlenv: the poststop hook ends it.
+    ok(Command::new("runc")
+        .arg("--root")
+        .arg(policy.dir.path().join("state"))
+        .args(["delete", "--force", id]));
+    let db = rusqlite::Connection::open(&policy.inventory).unwrap();
+    let reason: String = db
+        .query_row(
+            "SELECT end_reason FROM containers WHERE container_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reason, "stopped (poststop hook)");
+}

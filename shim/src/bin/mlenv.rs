@@ -136,6 +136,17 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
         Some(memory) => l.policy.mps.validate(Some(memory)).map(|()| l),
         None => Ok(l),
     });
+    // The policy in force must also be one mlenv believes.
+    let loaded = loaded.and_then(|l| {
+        if file.is_none() {
+            let main = policy::main_path();
+            let files = mlenv::hostfs::RealFiles;
+            mlenv::trust::check_policy(&main, &policy::dropins(&main).unwrap_or_default(), &files)
+                .and_then(|()| mlenv::trust::check_inventory(&l.policy.inventory.path, &files))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(l)
+    });
     match loaded {
         Ok(l) => {
             if l.files.is_empty() {
@@ -289,6 +300,7 @@ fn ps(json: bool) -> Result<ExitCode, String> {
                 short(&l.container_id).to_string(),
                 opt(l.project.clone()),
                 format!("{}:{}", l.uid, l.gid),
+                opt(l.pid),
                 mem(l.limits.memory),
                 cpus(l.limits.cpus),
                 opt(l.limits.pids),
@@ -302,6 +314,7 @@ fn ps(json: bool) -> Result<ExitCode, String> {
             "CONTAINER",
             "PROJECT",
             "USER",
+            "PID",
             "MEMORY",
             "CPUS",
             "PIDS",

@@ -1,0 +1,275 @@
+//! mlenv-hook: an OCI hook reading the container's state on stdin.
+//!
+//! - `prestart` / `createRuntime` (the container exists, its init process waits):
+//!   for a container mlenv-runtime admitted, records the init process and its start
+//!   time, so liveness is exact. For any other container — mlenv-hook installed alone
+//!   in podman's or CRI-O's hooks directory — it decides admission (security rules,
+//!   limits, thresholds, quotas, GPU leases) and refuses by exiting non-zero with the
+//!   reason on stderr.
+//! - `poststop`: marks the container ended, which releases its GPU leases and what it
+//!   reserved.
+//!
+//! The stage is the first argument; without one it is read from the state's status
+//! (`creating`, `stopped`), so one hooks-directory entry can serve both stages.
+
+use crate::argv::{Command, Invocation};
+use crate::clock::Clock;
+use crate::create::{self, Mode, Verdict};
+use crate::host::Host;
+use crate::inventory::Inventory;
+use crate::policy;
+use crate::runclog::RuncLog;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("cannot read the container state on stdin: {0}")]
+    State(String),
+    #[error("unknown hook stage {0:?}: expected prestart, createRuntime, createContainer, poststart, startContainer or poststop")]
+    Stage(String),
+    #[error("the container state has no pid at {0}: install mlenv-hook for the prestart or createRuntime stage")]
+    NoPid(String),
+    #[error("the container's init process {0} is gone")]
+    InitGone(u32),
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
+    #[error(transparent)]
+    Create(#[from] create::CreateError),
+}
+
+/// The OCI state, as far as the hook needs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct State {
+    pub id: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub bundle: PathBuf,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// prestart, createRuntime, createContainer: the container exists, not started.
+    Create,
+    Poststop,
+    /// poststart, startContainer: nothing to do.
+    Other,
+}
+
+impl Stage {
+    pub fn parse(arg: Option<&str>, state: &State) -> Result<Stage, HookError> {
+        let name = arg.or(match state.status.as_deref() {
+            Some("creating") => Some("createRuntime"),
+            Some("stopped") => Some("poststop"),
+            _ => None,
+        });
+        match name {
+            Some("prestart" | "createRuntime" | "createContainer") => Ok(Stage::Create),
+            Some("poststop") => Ok(Stage::Poststop),
+            Some("poststart" | "startContainer") | None => Ok(Stage::Other),
+            Some(other) => Err(HookError::Stage(other.to_string())),
+        }
+    }
+}
+
+/// What the hook did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The init process of an admitted container recorded.
+    Recorded,
+    /// Admitted here (standalone).
+    Admitted,
+    /// Refused here (standalone): the reason.
+    Refused(String),
+    /// Rows ended at poststop.
+    Ended(usize),
+    Nothing,
+}
+
+/// Runs the hook. `recorded`: mlenv-runtime added this hook to a container it
+/// admitted (`--recorded`), so there is nothing to decide.
+pub fn run(
+    stage: Stage,
+    state: &State,
+    recorded: bool,
+    main: &Path,
+    clock: &dyn Clock,
+    host: &dyn Host,
+) -> Result<Outcome, HookError> {
+    let inventory_path = policy::lenient(main).inventory();
+    match stage {
+        Stage::Other => Ok(Outcome::Nothing),
+        Stage::Poststop => {
+            if !inventory_path.exists() {
+                return Ok(Outcome::Ended(0));
+            }
+            let mut inv = Inventory::open(&inventory_path)?;
+            let n = inv.end_any(&state.id, clock.now_ms(), "stopped (poststop hook)")?;
+            Ok(Outcome::Ended(n))
+        }
+        Stage::Create => {
+            let pid = state
+                .pid
+                .ok_or_else(|| HookError::NoPid(state.status.clone().unwrap_or_default()))?;
+            let start = host.process_start(pid).ok_or(HookError::InitGone(pid))?;
+            if recorded
+                || (inventory_path.exists()
+                    && Inventory::open(&inventory_path)?.is_live(&state.id)?)
+            {
+                Inventory::open(&inventory_path)?.started(&state.id, (pid, start))?;
+                return Ok(Outcome::Recorded);
+            }
+            let inv = Invocation {
+                command: Command::Create,
+                subcommand: Some("hook".into()),
+                log: None,
+                log_format: None,
+                root: None,
+                bundle: Some(state.bundle.clone()),
+                pid_file: None,
+                container_id: Some(state.id.clone()),
+                detach: false,
+            };
+            let mut log = RuncLog::stderr_only();
+            let mode = Mode::Hook { init: (pid, start) };
+            match create::decide(mode, &inv, &state.bundle, main, clock, host, &mut log)? {
+                Verdict::Admitted { .. } => Ok(Outcome::Admitted),
+                Verdict::Refused(why) => Ok(Outcome::Refused(why)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+    use std::fs;
+
+    fn state(id: &str, pid: Option<u32>, status: &str, bundle: &Path) -> State {
+        State {
+            id: id.into(),
+            pid,
+            bundle: bundle.into(),
+            status: Some(status.into()),
+        }
+    }
+
+    #[test]
+    fn stages_from_arguments_or_status() {
+        let s = state("c", Some(1), "creating", Path::new("/b"));
+        assert_eq!(Stage::parse(None, &s).unwrap(), Stage::Create);
+        assert_eq!(Stage::parse(Some("prestart"), &s).unwrap(), Stage::Create);
+        assert_eq!(Stage::parse(Some("poststop"), &s).unwrap(), Stage::Poststop);
+        assert_eq!(Stage::parse(Some("poststart"), &s).unwrap(), Stage::Other);
+        let stopped = state("c", None, "stopped", Path::new("/b"));
+        assert_eq!(Stage::parse(None, &stopped).unwrap(), Stage::Poststop);
+        assert!(Stage::parse(Some("prestop"), &s)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown hook stage \"prestop\""));
+        let parsed: State = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2-dev","id":"abc","status":"creating","pid":42,"bundle":"/b","annotations":{"a":"b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed, state("abc", Some(42), "creating", Path::new("/b")));
+    }
+
+    /// Standalone: admitted and recorded with its init process, refused by quota,
+    /// ended at poststop; a container the wrapper admitted only gets its init
+    /// process recorded.
+    #[test]
+    fn standalone_admission_and_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("mlenv.toml");
+        let inventory = dir.path().join("inv/mlenv.db");
+        fs::write(
+            &main,
+            format!(
+                "[inventory]\npath = {inventory:?}\n[limits]\ndefault_memory = \"1G\"\nmax_memory = \"4G\"\n[[quota]]\nproject = \"p\"\nmax_containers = 1\n"
+            ),
+        )
+        .unwrap();
+        let bundle = dir.path().join("bundle");
+        fs::create_dir(&bundle).unwrap();
+        let spec = serde_json::json!({
+            "process": {"user": {"uid": 1000, "gid": 1000}, "env": ["MLENV_PROJECT=p"]},
+            "linux": {"resources": {"memory": {"limit": 1073741824u64}}}
+        });
+        fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+        let before = fs::read(bundle.join("config.json")).unwrap();
+        // Our own process stands in for the container's init.
+        let me = std::process::id();
+        let live = crate::host::ProcHost::default();
+        let clock = FixedClock(7);
+        let a = state("a", Some(me), "creating", &bundle);
+        assert_eq!(
+            run(Stage::Create, &a, false, &main, &clock, &live).unwrap(),
+            Outcome::Admitted
+        );
+        assert_eq!(
+            fs::read(bundle.join("config.json")).unwrap(),
+            before,
+            "the bundle is not written"
+        );
+        let b = state("b", Some(me), "creating", &bundle);
+        match run(Stage::Create, &b, false, &main, &clock, &live).unwrap() {
+            Outcome::Refused(why) => assert!(
+                why.starts_with("quota project=p: 1 of 1 containers live"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A second create stage for the same container (prestart then createRuntime)
+        // records, it does not decide again.
+        assert_eq!(
+            run(Stage::Create, &a, false, &main, &clock, &live).unwrap(),
+            Outcome::Recorded
+        );
+        let inv = Inventory::open(&inventory).unwrap();
+        assert_eq!(inv.live().unwrap().len(), 1);
+        drop(inv);
+        // Poststop has no pid; it ends the row and frees the quota.
+        let stopped = state("a", None, "stopped", &bundle);
+        assert_eq!(
+            run(Stage::Poststop, &stopped, false, &main, &clock, &live).unwrap(),
+            Outcome::Ended(1)
+        );
+        assert_eq!(
+            run(Stage::Poststop, &stopped, false, &main, &clock, &live).unwrap(),
+            Outcome::Ended(0)
+        );
+        assert_eq!(
+            run(Stage::Create, &b, false, &main, &clock, &live).unwrap(),
+            Outcome::Admitted
+        );
+
+        // What the policy would change cannot be changed from a hook: refused, saying so.
+        let mut no_limit = spec.clone();
+        no_limit["linux"]["resources"] = serde_json::json!({});
+        no_limit["process"]["env"] = serde_json::json!([]);
+        fs::write(bundle.join("config.json"), no_limit.to_string()).unwrap();
+        let c = state("c", Some(me), "creating", &bundle);
+        // A maximum caps a container without a limit: from a hook that is a refusal
+        // naming what to ask for.
+        match run(Stage::Create, &c, false, &main, &clock, &live).unwrap() {
+            Outcome::Refused(why) => assert_eq!(why, "mlenv-hook cannot change a container that exists: memory limit set to the default 4G; ask for it in the run command, or register mlenv-runtime with the engine"),
+            other => panic!("{other:?}"),
+        }
+        let mut big = no_limit.clone();
+        big["linux"]["resources"] = serde_json::json!({"memory": {"limit": 8589934592u64}});
+        fs::write(bundle.join("config.json"), big.to_string()).unwrap();
+        let d = state("d", Some(me), "creating", &bundle);
+        match run(Stage::Create, &d, false, &main, &clock, &live).unwrap() {
+            Outcome::Refused(why) => assert!(
+                why.contains("memory limit 8G requested > 4G allowed ([limits] max_memory)"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A gone init process is an error, not an admission.
+        let gone = state("e", Some(u32::MAX - 1), "creating", &bundle);
+        assert!(run(Stage::Create, &gone, false, &main, &clock, &live).is_err());
+    }
+}

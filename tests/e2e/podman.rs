@@ -1,0 +1,168 @@
+//! mlenv-hook alone, from podman's hooks directory (the JSON shipped in
+//! config/oci-hooks.d), with podman running plain runc: admission still holds, and a
+//! refusal reaches `podman run`'s output.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Podman with storage of its own in a temporary directory, so that nothing of the
+/// host's podman is touched, and the hooks directory given.
+struct Podman {
+    dir: tempfile::TempDir,
+    hooks: PathBuf,
+}
+
+impl Podman {
+    fn new(policy: &Policy) -> Podman {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("hooks.d");
+        std::fs::create_dir(&hooks).unwrap();
+        // The shipped hook, pointed at this build and at the test's policy (runc runs
+        // hooks with exactly the environment the JSON gives).
+        let shipped = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/oci-hooks.d/mlenv.json"
+        );
+        let mut hook: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
+        let built = Path::new(RUNTIME).with_file_name("mlenv-hook");
+        assert!(
+            built.exists(),
+            "{} missing: cargo build --workspace",
+            built.display()
+        );
+        hook["hook"]["path"] = built.to_str().unwrap().into();
+        hook["hook"]["env"] =
+            serde_json::json!([format!("MLENV_CONFIG={}", policy.main.display())]);
+        std::fs::write(hooks.join("mlenv.json"), hook.to_string()).unwrap();
+        let p = Podman { dir, hooks };
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs())
+            .args(["-c", "."])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        ok(p.cmd(&["import", "-", "mlenv-busybox"])
+            .stdin(tar.stdout.take().unwrap()));
+        assert!(tar.wait().unwrap().success());
+        p
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .arg("--hooks-dir")
+            .arg(&self.hooks)
+            .args([
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+                "--runtime",
+                "runc",
+            ])
+            .args(args);
+        c
+    }
+
+    /// `podman run` with the flags this machine kind needs.
+    fn run(&self, args: &[&str]) -> Command {
+        let mut all = vec![
+            "run",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ];
+        all.extend_from_slice(args);
+        self.cmd(&all)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd(&["rm", "--all", "--force", "--time", "0"])
+            .output();
+        let _ = self.cmd(&["system", "reset", "--force"]).output();
+    }
+}
+
+#[test]
+fn podman_with_only_the_hooks_directory_enforces_a_quota() {
+    if !require("podman_hooks_dir", &["podman", "runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(None, "[[quota]]\nproject = \"pq\"\nmax_containers = 1\n");
+    let podman = Podman::new(&policy);
+    let first = ok(&mut podman.run(&[
+        "-d",
+        "-e",
+        "MLENV_PROJECT=pq",
+        "mlenv-busybox",
+        "sleep",
+        "600",
+    ]));
+    let first = first.trim();
+    let live = policy.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["container_id"], first);
+    let pid = ok(&mut podman.cmd(&["inspect", "-f", "{{.State.Pid}}", first]));
+    assert_eq!(
+        live[0]["pid"].to_string(),
+        pid.trim(),
+        "init process recorded"
+    );
+
+    // Over quota: refused by the hook, the reason in podman's own output.
+    let o = run(&mut podman.run(&["--rm", "-e", "MLENV_PROJECT=pq", "mlenv-busybox", "true"]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("mlenv: refused: quota project=pq: 1 of 1 containers live"),
+        "{err}"
+    );
+    // The security rules hold here too.
+    let o = run(&mut podman.run(&["--rm", "--cap-add", "SYS_ADMIN", "mlenv-busybox", "true"]));
+    assert!(
+        stderr(&o).contains(
+            "mlenv: refused: capability CAP_SYS_ADMIN not in [security] allowed_capabilities"
+        ),
+        "{}",
+        stderr(&o)
+    );
+
+    // Removing the first runs the poststop hook: the quota frees.
+    ok(&mut podman.cmd(&["rm", "--force", "--time", "0", first]));
+    assert!(policy.live().is_empty());
+    let out = ok(&mut podman.run(&[
+        "--rm",
+        "-e",
+        "MLENV_PROJECT=pq",
+        "mlenv-busybox",
+        "echo",
+        "admitted",
+    ]));
+    assert_eq!(out.trim(), "admitted");
+    assert!(policy.live().is_empty(), "ended at exit by poststop");
+    let h = policy.history();
+    let outcomes: Vec<&str> = h.iter().map(|d| d["outcome"].as_str().unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        ["admitted", "refused", "refused", "admitted"]
+            .iter()
+            .rev()
+            .copied()
+            .collect::<Vec<_>>()
+    );
+}
