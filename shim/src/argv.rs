@@ -24,6 +24,28 @@ const GLOBAL_VALUE_FLAGS: &[&str] = &[
 /// Flags of `create` and `run` that take a value.
 const CREATE_VALUE_FLAGS: &[&str] = &["bundle", "b", "console-socket", "pid-file", "preserve-fds"];
 
+/// Flags of `update` that take a value (all of runc's do).
+const UPDATE_VALUE_FLAGS: &[&str] = &[
+    "resources",
+    "r",
+    "blkio-weight",
+    "cpu-period",
+    "cpu-quota",
+    "cpu-rt-period",
+    "cpu-rt-runtime",
+    "cpu-share",
+    "cpuset-cpus",
+    "cpuset-mems",
+    "kernel-memory",
+    "kernel-memory-tcp",
+    "memory",
+    "memory-reservation",
+    "memory-swap",
+    "pids-limit",
+    "l3-cache-schema",
+    "mem-bw-schema",
+];
+
 /// The subcommands mlenv acts on; everything else passes straight through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -31,6 +53,8 @@ pub enum Command {
     Create,
     /// `delete`, with or without `--force`.
     Delete,
+    /// `update`: new resource limits for a running container.
+    Update,
     /// Any other subcommand, or none (`--version`, `--help`).
     Other,
 }
@@ -56,6 +80,8 @@ pub struct Invocation {
     /// `run --detach`: without it, `run` stays in the foreground until the container
     /// exits and removes it itself.
     pub detach: bool,
+    /// `update`'s flags with values, as given (`resources`, `memory`, ...).
+    pub update: Vec<(String, String)>,
 }
 
 impl Invocation {
@@ -104,6 +130,7 @@ pub fn scan(args: &[OsString]) -> Invocation {
         pid_file: None,
         container_id: None,
         detach: false,
+        update: Vec::new(),
     };
 
     // Global flags, up to the first non-flag word (Go's flag package stops there).
@@ -141,6 +168,7 @@ pub fn scan(args: &[OsString]) -> Invocation {
     inv.command = match sub.as_str() {
         "create" | "run" => Command::Create,
         "delete" => Command::Delete,
+        "update" => Command::Update,
         _ => return inv,
     };
 
@@ -156,7 +184,11 @@ pub fn scan(args: &[OsString]) -> Invocation {
         } else if token == "--" {
             only_positional = true;
         } else if let Some((name, inline)) = split_flag(token) {
-            let takes_value = inv.command == Command::Create && CREATE_VALUE_FLAGS.contains(&name);
+            let takes_value = match inv.command {
+                Command::Create => CREATE_VALUE_FLAGS.contains(&name),
+                Command::Update => UPDATE_VALUE_FLAGS.contains(&name),
+                _ => false,
+            };
             let value = match inline {
                 Some(v) => Some(v.to_string()),
                 None if takes_value => {
@@ -166,6 +198,10 @@ pub fn scan(args: &[OsString]) -> Invocation {
                 None => None,
             };
             match (name, value) {
+                (n, Some(v)) if inv.command == Command::Update => {
+                    let n = if n == "r" { "resources" } else { n };
+                    inv.update.push((n.to_string(), v));
+                }
                 ("bundle" | "b", Some(v)) => inv.bundle = Some(PathBuf::from(v)),
                 ("pid-file", Some(v)) => inv.pid_file = Some(PathBuf::from(v)),
                 ("detach" | "d", v) => inv.detach = v.is_none_or(|v| v == "true"),
@@ -187,6 +223,27 @@ mod tests {
     fn s(line: &str) -> Invocation {
         let args: Vec<OsString> = line.split_whitespace().map(OsString::from).collect();
         scan(&args)
+    }
+
+    #[test]
+    fn update_as_containerd_and_runc_users_call_it() {
+        let inv = s("--root /r --log /t/log.json --log-format json update --resources=- abc");
+        assert_eq!(inv.command, Command::Update);
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(inv.update, vec![("resources".to_string(), "-".to_string())]);
+        let inv = s("update -r /tmp/res.json --memory 1g abc --pids-limit 10");
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(
+            inv.update,
+            [
+                ("resources", "/tmp/res.json"),
+                ("memory", "1g"),
+                ("pids-limit", "10")
+            ]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -294,7 +351,6 @@ mod tests {
             "--root /r state abc",
             "--root /r --log /l --log-format json exec --process /p/process.json --detach --pid-file /p abc",
             "--root /r kill abc 9",
-            "--root /r update --resources - abc",
             "--root /r checkpoint --image-path /i abc",
             "--root /r --log /l --log-format json start abc",
             "features",

@@ -130,6 +130,7 @@ pub fn run(
                 pid_file: None,
                 container_id: Some(state.id.clone()),
                 detach: false,
+                update: Vec::new(),
             };
             let mut log = RuncLog::stderr_only();
             let mode = Mode::Hook { init: (pid, start) };

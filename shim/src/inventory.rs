@@ -101,6 +101,15 @@ ALTER TABLE containers ADD COLUMN init_start INTEGER;
 "#,
 ];
 
+/// New limits of a live container: per limit, `None` leaves it, `Some(None)` lifts
+/// it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitChange {
+    pub memory: Option<Option<u64>>,
+    pub cpus: Option<Option<f64>>,
+    pub pids: Option<Option<i64>>,
+}
+
 /// How a live container is told from a dead one: the process creating it (until
 /// the runtime has state), and its init process once the hook has seen it. Each is a
 /// pid and its start time, so that a reused pid is not mistaken for it.
@@ -451,6 +460,36 @@ impl Inventory {
                 params![init.0, init.1 as i64, container_id],
             )
             .map_err(|e| ("recording the init process", e))
+        })
+    }
+
+    /// Records new limits of the live container `id` after an update: memory and
+    /// CPUs count in reservations and quotas from then on. `None` leaves a limit as
+    /// it is. Returns how many rows changed.
+    pub fn set_limits(
+        &mut self,
+        container_id: &str,
+        change: LimitChange,
+    ) -> Result<usize, InventoryError> {
+        let LimitChange { memory, cpus, pids } = change;
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE containers SET
+                    memory = CASE WHEN ?1 THEN ?2 ELSE memory END,
+                    cpus = CASE WHEN ?3 THEN ?4 ELSE cpus END,
+                    pids = CASE WHEN ?5 THEN ?6 ELSE pids END
+                 WHERE container_id = ?7 AND ended_ms IS NULL",
+                params![
+                    memory.is_some(),
+                    memory.flatten().map(|m| m as i64),
+                    cpus.is_some(),
+                    cpus.flatten(),
+                    pids.is_some(),
+                    pids.flatten(),
+                    container_id
+                ],
+            )
+            .map_err(|e| ("recording updated limits", e))
         })
     }
 

@@ -25,6 +25,7 @@ pub mod security;
 pub mod spec;
 pub mod trust;
 pub mod units;
+pub mod update;
 pub mod user;
 
 /// The real config.json files captured from Docker, podman and containerd, copied

@@ -69,6 +69,21 @@ pub fn locate_in(configured: Option<&Path>, dirs: &[&str]) -> Result<PathBuf, Lo
     })
 }
 
+/// Makes `bytes` this process's stdin (through an unlinked temporary file), for a
+/// runtime that must read what mlenv already read.
+pub fn replace_stdin(bytes: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, Write};
+    use std::os::fd::AsRawFd;
+    let mut f = tempfile::tempfile()?;
+    f.write_all(bytes)?;
+    f.rewind()?;
+    // SAFETY: dup2 on two valid descriptors; fd 0 is replaced atomically.
+    if unsafe { libc::dup2(f.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Replaces this process with the low-level runtime, given the original argv. Returns
 /// only on failure.
 pub fn exec(runtime: &Path, args: &[OsString]) -> LowLevelError {

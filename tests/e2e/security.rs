@@ -183,3 +183,50 @@ fn a_file_written_in_a_users_directory_belongs_to_that_user() {
         "runs as root, and no bind mount with a non-root owner holds its working directory",
     );
 }
+
+/// `docker update` cannot raise a running container past the policy's maxima: the
+/// refusal is in Docker's output and the container's cgroup is unchanged; an update
+/// within them applies and is what the inventory counts.
+#[test]
+fn docker_update_is_held_to_the_maxima() {
+    let Some((_g, policy)) = engine(
+        "docker_update",
+        &[],
+        "[limits]\ndefault_memory = \"256M\"\nmax_memory = \"1G\"\nmax_pids = 200\n",
+    ) else {
+        return;
+    };
+    let id = docker(&["run", "-d", IMAGE, "sleep", "600"]);
+    let seen = || limits(&docker(&["exec", &id, "sh", "-c", SHOW_LIMITS]));
+    assert_eq!(seen().0, (256u64 << 20).to_string());
+    let o = run(&mut docker_cmd(&[
+        "update",
+        "-m",
+        "2g",
+        "--memory-swap",
+        "2g",
+        &id,
+    ]));
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("mlenv: refused: update: memory limit 2G > 1G allowed ([limits] max_memory)"),
+        "{err}"
+    );
+    let o = run(&mut docker_cmd(&["update", "--pids-limit", "-1", &id]));
+    assert!(
+        stderr(&o).contains("update: pids limit unlimited > 200 allowed ([limits] max_pids)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        seen().0,
+        (256u64 << 20).to_string(),
+        "refused update not applied"
+    );
+    docker(&["update", "-m", "512m", "--memory-swap", "512m", &id]);
+    assert_eq!(seen().0, (512u64 << 20).to_string());
+    let live = policy.live();
+    assert_eq!(live[0]["limits"]["memory"], 512u64 << 20, "{live:?}");
+    docker(&["rm", "-f", &id]);
+}

@@ -17,6 +17,7 @@ fn main() {
     match inv.command {
         Command::Create => create(&inv, &args, &main),
         Command::Delete => delete(&inv, &args, &main),
+        Command::Update => update(&inv, &args, &main),
         Command::Other => passthrough(&inv, &args, &main),
     }
 }
@@ -59,6 +60,81 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         }
     }
     exit(code)
+}
+
+/// An update raising a limit past the policy's maximum is refused; one within it is
+/// recorded and handed over, with the resources it read from stdin given again.
+fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
+    use mlenv::update::Update;
+    let clock = SystemClock;
+    let mut log = RuncLog::open(inv.log.as_deref(), inv.log_is_json())
+        .unwrap_or_else(|_| RuncLog::stderr_only());
+    let refuse = |log: &mut RuncLog, msg: &str| -> ! {
+        log.error(&format!("mlenv: refused: {msg}"), clock.now_ms());
+        exit(1)
+    };
+    let loaded = match create::policy_in_force(main, &mut log, clock.now_ms()) {
+        Ok(l) => l,
+        Err(e) => refuse(&mut log, &format!("update: {e}")),
+    };
+    let runtime = match lowlevel::locate(loaded.policy.runtime.path.as_deref()) {
+        Ok(p) => p,
+        Err(e) => fail(inv, &format!("mlenv: {e}")),
+    };
+    let resources = inv
+        .update
+        .iter()
+        .find(|(k, _)| k == "resources")
+        .map(|(_, v)| v.as_str());
+    let mut stdin = None;
+    let read = match resources {
+        Some("-") => {
+            let mut bytes = Vec::new();
+            match std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes) {
+                Ok(_) => {
+                    let u = Update::from_json(&bytes, "on stdin");
+                    stdin = Some(bytes);
+                    u
+                }
+                Err(e) => Err(mlenv::update::UpdateError::Read {
+                    source_name: "on stdin".into(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        Some(path) => std::fs::read(path)
+            .map_err(|e| mlenv::update::UpdateError::Read {
+                source_name: path.to_string(),
+                message: e.to_string(),
+            })
+            .and_then(|bytes| Update::from_json(&bytes, path)),
+        None => Update::from_flags(&inv.update),
+    };
+    let u = match read {
+        Ok(u) => u,
+        Err(e) => refuse(&mut log, &e.to_string()),
+    };
+    let refusals = u.refusals(&loaded.policy.limits);
+    if !refusals.is_empty() {
+        refuse(&mut log, &refusals.join("; "));
+    }
+    if let Some(id) = &inv.container_id {
+        let recorded = mlenv::inventory::Inventory::open(&loaded.policy.inventory.path)
+            .and_then(|mut i| i.set_limits(id, u.recorded()));
+        if let Err(e) = recorded {
+            eprintln!("mlenv: warning: limits updated, but not recorded in the inventory: {e}");
+        }
+    }
+    if let Some(bytes) = stdin {
+        if let Err(e) = lowlevel::replace_stdin(&bytes) {
+            fail(
+                inv,
+                &format!("mlenv: cannot pass the update's resources on: {e}"),
+            );
+        }
+    }
+    let err = lowlevel::exec(&runtime, args);
+    fail(inv, &format!("mlenv: {err}"))
 }
 
 fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
