@@ -10,6 +10,10 @@
 //! spec is restored before each run, untimed). Prints median, p95 and mean, and the
 //! median added over runc.
 //!
+//! The no-edit case still adds mlenv-hook (createRuntime: the init process recorded,
+//! inside runc's create) and so writes config.json; a fifth case switches the hook
+//! off (`[runtime] hook = false`) to show what it costs.
+//!
 //! A fourth case asks for one GPU (`MLENV_GPUS=1`) on eight GPUs served by the test
 //! NVML library (target/release/libmlenv_fake_nvml.so), injected as device nodes: the
 //! GPU path (NVML load and probe, selection, lease, device edit) against runc
@@ -131,10 +135,16 @@ fn main() {
     let write_policy = |name: &str, runtime: &Path, body: &str| -> PathBuf {
         let p = dir.join(name).join("mlenv.toml");
         fs::create_dir_all(p.parent().unwrap()).unwrap();
+        // "-nohook" cases: mlenv-hook not added (no createRuntime/poststop hooks).
+        let hook = if name.ends_with("-nohook") {
+            "hook = false\n"
+        } else {
+            ""
+        };
         fs::write(
             &p,
             format!(
-                "[runtime]\npath = {runtime:?}\n[inventory]\npath = {:?}\n{body}",
+                "[runtime]\npath = {runtime:?}\n{hook}[inventory]\npath = {:?}\n{body}",
                 dir.join("mlenv.db")
             ),
         )
@@ -144,6 +154,7 @@ fn main() {
     const LIMITS: &str =
         "[limits]\ndefault_memory = \"256M\"\ndefault_cpus = 1\ndefault_pids = 512\n";
     let no_edit = write_policy("plain", &runc, "");
+    let no_hook = write_policy("plain-nohook", &runc, "");
     let limits = write_policy("limits", &runc, LIMITS);
     let truebin = PathBuf::from("/bin/true");
     let no_edit_true = write_policy("plain-true", &truebin, "");
@@ -186,6 +197,7 @@ fn main() {
     }
     let (mut t_runc, mut t_plain, mut t_limits) = (Vec::new(), Vec::new(), Vec::new());
     let (mut t_runc_gpu, mut t_gpu) = (Vec::new(), Vec::new());
+    let mut t_nohook = Vec::new();
     for i in 0..n {
         let id = format!("r{i}");
         t_runc.push(timed(&mut create(&runc, None, &id)));
@@ -194,6 +206,9 @@ fn main() {
         t_plain.push(timed(&mut create(&mlenv, Some(&no_edit), &id)));
         delete(&mlenv, Some(&no_edit), &id);
         fs::write(&cfg, &pristine).unwrap();
+        let id = format!("n{i}");
+        t_nohook.push(timed(&mut create(&mlenv, Some(&no_hook), &id)));
+        delete(&mlenv, Some(&no_hook), &id);
         let id = format!("l{i}");
         t_limits.push(timed(&mut create(&mlenv, Some(&limits), &id)));
         delete(&mlenv, Some(&limits), &id);
@@ -213,6 +228,7 @@ fn main() {
         t_true.push(timed(&mut create(&truebin, None, &id)));
         t_plain_true.push(timed(&mut create(&mlenv, Some(&no_edit_true), &id)));
         delete(&mlenv, Some(&no_edit_true), &id);
+        fs::write(&cfg, &pristine).unwrap();
         t_limits_true.push(timed(&mut create(&mlenv, Some(&limits_true), &id)));
         delete(&mlenv, Some(&limits_true), &id);
         fs::write(&cfg, &pristine).unwrap();
@@ -231,6 +247,7 @@ fn main() {
     );
     println!("added per run, paired with the runc create just before it:");
     paired("mlenv (no edit) - runc", &t_plain, &t_runc);
+    paired("mlenv (no edit, no hook) - runc", &t_nohook, &t_runc);
     paired("mlenv (limits edit) - runc", &t_limits, &t_runc);
     paired("mlenv (1 GPU) - runc", &t_gpu, &t_runc_gpu);
     let base = stats("runc create", &mut t_runc);

@@ -434,11 +434,23 @@ impl Inventory {
         now_ms: i64,
         reason: &str,
     ) -> Result<usize, InventoryError> {
+        self.end_where(container_id, Some(root), now_ms, reason)
+    }
+
+    /// `root`: `Some(r)` ends the row under runtime root `r` (None: no `--root`),
+    /// `None` ends it under any root.
+    fn end_where(
+        &mut self,
+        container_id: &str,
+        root: Option<Option<&str>>,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<usize, InventoryError> {
         let n = self.write(|tx| {
             tx.execute(
                 "UPDATE containers SET ended_ms = ?1, end_reason = ?2
-                 WHERE container_id = ?3 AND root IS ?4 AND ended_ms IS NULL",
-                params![now_ms, reason, container_id, root],
+                 WHERE container_id = ?3 AND (?4 OR root IS ?5) AND ended_ms IS NULL",
+                params![now_ms, reason, container_id, root.is_none(), root.flatten()],
             )
             .map_err(|e| ("ending the container", e))
         })?;
@@ -509,16 +521,7 @@ impl Inventory {
         now_ms: i64,
         reason: &str,
     ) -> Result<usize, InventoryError> {
-        let n = self.write(|tx| {
-            tx.execute(
-                "UPDATE containers SET ended_ms = ?1, end_reason = ?2
-                 WHERE container_id = ?3 AND ended_ms IS NULL",
-                params![now_ms, reason, container_id],
-            )
-            .map_err(|e| ("ending the container", e))
-        })?;
-        self.settle(true);
-        Ok(n)
+        self.end_where(container_id, None, now_ms, reason)
     }
 
     /// The GPU leases of live containers.

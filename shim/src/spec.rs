@@ -54,7 +54,8 @@ impl Spec {
         Ok(Spec { path, json })
     }
 
-    /// Writes the spec back atomically (temporary file in the bundle, fsync, rename),
+    /// Writes the spec back atomically (temporary file in the bundle, rename; no fsync:
+    /// see [`crate::fsutil::replace`]),
     /// keeping the file's mode.
     pub fn save(&self) -> Result<(), SpecError> {
         let bytes = serde_json::to_vec(&self.json).expect("a JSON tree always serializes");

@@ -46,17 +46,7 @@ pub fn race(names: &[String], env: &str) -> Vec<std::process::Output> {
 /// The busybox image, imported once from the test rootfs.
 fn image() {
     static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(rootfs())
-            .args(["-c", "."])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        ok(docker_cmd(&["import", "-", IMAGE]).stdin(tar.stdout.take().unwrap()));
-        assert!(tar.wait().unwrap().success(), "tar of the rootfs failed");
-    });
+    DONE.get_or_init(|| import_rootfs(&mut docker_cmd(&["import", "-", IMAGE])));
 }
 
 /// Takes the engines for this test: the lock, the image, and a policy of its own at

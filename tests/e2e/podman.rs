@@ -37,16 +37,7 @@ impl Podman {
             serde_json::json!([format!("MLENV_CONFIG={}", policy.main.display())]);
         std::fs::write(hooks.join("mlenv.json"), hook.to_string()).unwrap();
         let p = Podman { dir, hooks };
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(rootfs())
-            .args(["-c", "."])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        ok(p.cmd(&["import", "-", "mlenv-busybox"])
-            .stdin(tar.stdout.take().unwrap()));
-        assert!(tar.wait().unwrap().success());
+        import_rootfs(&mut p.cmd(&["import", "-", "mlenv-busybox"]));
         p
     }
 

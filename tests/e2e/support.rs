@@ -145,6 +145,20 @@ pub fn ok(cmd: &mut Command) -> String {
     stdout(&o)
 }
 
+/// Imports the test rootfs as an image: `import` is the engine's import command
+/// reading a tar on stdin (`docker import - IMAGE`, `podman import - IMAGE`).
+pub fn import_rootfs(import: &mut Command) {
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs())
+        .args(["-c", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(import.stdin(tar.stdout.take().unwrap()));
+    assert!(tar.wait().unwrap().success(), "tar of the rootfs failed");
+}
+
 /// The limits a container printed with [`SHOW_LIMITS`].
 pub fn limits(out: &str) -> (String, String, String) {
     let get = |k: &str| {
