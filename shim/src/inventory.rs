@@ -320,14 +320,28 @@ impl Inventory {
         }
         // The journal mode is kept in the file: set once, here, not on every open.
         // (It cannot change inside a transaction.)
-        let mode: String = self
-            .conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .map_err(|e| self.sql("reading the journal mode", e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            self.conn
-                .pragma_update(None, "journal_mode", "WAL")
-                .map_err(|e| self.sql("enabling WAL", e))?;
+        // Switching to WAL needs the database to itself, and SQLite answers "locked"
+        // at once (no busy handler) while racing first openers hold it: retry until
+        // one of them has switched it, within the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode: String = self
+                .conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .map_err(|e| self.sql("reading the journal mode", e))?;
+            if mode.eq_ignore_ascii_case("wal") {
+                break;
+            }
+            match self.conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => return Err(self.sql("enabling WAL", e)),
+            }
         }
         let path = self.path.clone();
         let sql = |what, source| InventoryError::Sql {
@@ -879,6 +893,26 @@ mod tests {
         d.effective.cpus = Some(1.5);
         d.detail = serde_json::json!({"actions": ["memory limit 2G clamped to 1G"]});
         d
+    }
+
+    /// First openers racing on a new file: each waits for the others, none fails.
+    #[test]
+    fn racing_first_opens_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inv/mlenv.db");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Inventory::open(&path).map(|i| i.schema_version().unwrap())
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap(), MIGRATIONS.len() as i64);
+        }
     }
 
     #[test]
