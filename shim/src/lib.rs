@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod hook;
 pub mod host;
 pub mod hostfs;
+pub mod install;
 pub mod inventory;
 pub mod lifecycle;
 pub mod liveness;

@@ -10,6 +10,7 @@ mod cli;
 mod containerd;
 mod docker;
 mod gpu;
+mod install;
 mod podman;
 mod runc;
 mod security;

@@ -51,11 +51,60 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Register mlenv with a container engine: its runtime (and hook), keeping every
+    /// other setting; idempotent; the previous file kept as FILE.mlenv-backup.
+    Install(InstallArgs),
+    /// Take mlenv out of an engine's configuration again.
+    Uninstall(InstallArgs),
     /// CDI devices as mlenv sees them (inject = "cdi").
     Cdi {
         #[command(subcommand)]
         command: CdiCmd,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Docker,
+    Containerd,
+    Podman,
+    Crio,
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    engine: Engine,
+    /// Also make mlenv the engine's default runtime (every container, compose files
+    /// unchanged).
+    #[arg(long)]
+    default: bool,
+    /// Show the files as they are and as they would be; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The runtime's name in the engine (`--runtime NAME`, RuntimeClass handler).
+    #[arg(long, default_value = "mlenv")]
+    name: String,
+    /// mlenv-runtime (default: beside this binary).
+    #[arg(long)]
+    runtime: Option<PathBuf>,
+    /// mlenv-hook, for podman and CRI-O (default: beside this binary).
+    #[arg(long)]
+    hook: Option<PathBuf>,
+    /// The engine's config file (docker: /etc/docker/daemon.json, containerd:
+    /// /etc/containerd/config.toml) or drop-in directory (podman:
+    /// /etc/containers/containers.conf.d, crio: /etc/crio/crio.conf.d).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The hooks directory (podman: /etc/containers/oci/hooks.d, crio:
+    /// /usr/share/containers/oci/hooks.d).
+    #[arg(long)]
+    hooks_dir: Option<PathBuf>,
+    /// dockerd's pid file, to make it reload (SIGHUP).
+    #[arg(long, default_value = mlenv::install::docker::PID_FILE)]
+    pid_file: PathBuf,
+    /// containerd's major version (default: asked of `containerd --version`).
+    #[arg(long)]
+    containerd_major: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +147,8 @@ fn main() -> ExitCode {
         } => policy_check(file.as_deref()),
         Cmd::Ps { json } => ps(json),
         Cmd::Cdi { command } => cdi(command),
+        Cmd::Install(args) => install(&args, true),
+        Cmd::Uninstall(args) => install(&args, false),
         Cmd::History { since, limit, json } => history(since.as_deref(), limit, json),
         Cmd::Explain { id, json } => explain(&id, json),
     };
@@ -166,6 +217,112 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// A binary installed beside this one (/usr/bin/mlenv-runtime beside /usr/bin/mlenv).
+fn beside(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let p = exe.with_file_name(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found beside {}: give its path",
+            p.display(),
+            exe.display()
+        ))
+    }
+}
+
+fn install(a: &InstallArgs, install: bool) -> Result<ExitCode, String> {
+    use mlenv::install::{self, containerd, crio, docker, podman};
+    let runtime = match &a.runtime {
+        Some(p) => p.clone(),
+        None if install => beside("mlenv-runtime")?,
+        None => PathBuf::from("/usr/bin/mlenv-runtime"),
+    };
+    let hook = || match &a.hook {
+        Some(p) => Ok(p.clone()),
+        None if install => beside("mlenv-hook"),
+        None => Ok(PathBuf::from("/usr/bin/mlenv-hook")),
+    };
+    let plan = match a.engine {
+        Engine::Docker => docker::plan(
+            &docker::Options {
+                config: a.config.clone().unwrap_or_else(|| docker::DAEMON_JSON.into()),
+                name: a.name.clone(),
+                runtime,
+                default: a.default,
+            },
+            install,
+        ),
+        Engine::Containerd => {
+            let major = match a.containerd_major.or_else(containerd::detect_major) {
+                Some(m) => m,
+                None => return Err("cannot tell containerd's version (`containerd --version`): give --containerd-major".into()),
+            };
+            containerd::plan(
+                &containerd::Options {
+                    config: a.config.clone().unwrap_or_else(|| containerd::CONFIG.into()),
+                    name: a.name.clone(),
+                    runtime,
+                    default: a.default,
+                    major,
+                },
+                install,
+            )
+        }
+        Engine::Podman => podman::plan(
+            &podman::Options {
+                conf_d: a.config.clone().unwrap_or_else(|| podman::CONF_D.into()),
+                hooks_d: a.hooks_dir.clone().unwrap_or_else(|| podman::HOOKS_D.into()),
+                name: a.name.clone(),
+                runtime,
+                hook: hook()?,
+                default: a.default,
+            },
+            install,
+        ),
+        Engine::Crio => crio::plan(
+            &crio::Options {
+                conf_d: a.config.clone().unwrap_or_else(|| crio::CONF_D.into()),
+                hooks_d: a.hooks_dir.clone().unwrap_or_else(|| crio::HOOKS_D.into()),
+                name: a.name.clone(),
+                runtime,
+                hook: hook()?,
+                default: a.default,
+            },
+            install,
+        ),
+    }
+    .map_err(|e| e.to_string())?;
+    if a.dry_run {
+        print!("{}", install::describe(&plan));
+        println!("dry run: nothing written");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = install::apply(&plan).map_err(|e| e.to_string())?;
+    if done.is_empty() {
+        println!(
+            "{}: nothing to change",
+            if install {
+                "already installed"
+            } else {
+                "not installed"
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for line in &done {
+        println!("{line}");
+    }
+    if a.engine == Engine::Docker {
+        println!("{}", docker::reload(&a.pid_file));
+    }
+    for note in &plan.notes {
+        println!("note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The memory of the smallest GPU shared through MPS, when NVML can say.
