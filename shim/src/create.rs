@@ -578,7 +578,8 @@ pub fn record_end(
         return Ok(());
     };
     // Read leniently: a policy broken since the create still names its inventory.
-    let path = policy::lenient(main).inventory();
+    let lenient = policy::lenient(main);
+    let path = lenient.inventory();
     if !path.exists() {
         return Ok(());
     }
@@ -587,6 +588,12 @@ pub fn record_end(
     inventory
         .end(id, root.as_deref(), clock.now_ms(), reason)
         .map_err(|e| e.to_string())?;
+    // Retention, where nobody waits: a delete.
+    if let Some(days) = lenient.retention() {
+        inventory
+            .prune_if_due(clock.now_ms(), days)
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

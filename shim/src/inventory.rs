@@ -110,6 +110,13 @@ pub struct LimitChange {
     pub pids: Option<Option<i64>>,
 }
 
+/// What a prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub decisions: usize,
+    pub containers: usize,
+}
+
 /// How a live container is told from a dead one: the process creating it (until
 /// the runtime has state), and its init process once the hook has seen it. Each is a
 /// pid and its start time, so that a reused pid is not mistaken for it.
@@ -536,6 +543,60 @@ impl Inventory {
         reason: &str,
     ) -> Result<usize, InventoryError> {
         self.end_where(container_id, None, now_ms, reason)
+    }
+
+    /// Deletes what ended before `cutoff_ms`: decisions, containers ended before it and
+    /// their leases. A decision of a container still live (or ended after the
+    /// cutoff) stays, so `mlenv explain` can always say why a live container runs.
+    pub fn prune(&mut self, cutoff_ms: i64) -> Result<Pruned, InventoryError> {
+        let p = self.write(|tx| {
+            let step = |sql: &str, what| tx.execute(sql, params![cutoff_ms]).map_err(|e| (what, e));
+            step(
+                "DELETE FROM leases WHERE container_row IN
+                    (SELECT id FROM containers WHERE ended_ms IS NOT NULL AND ended_ms < ?1)",
+                "pruning leases",
+            )?;
+            let containers = step(
+                "DELETE FROM containers WHERE ended_ms IS NOT NULL AND ended_ms < ?1",
+                "pruning containers",
+            )?;
+            let decisions = step(
+                "DELETE FROM decisions WHERE time_ms < ?1
+                    AND id NOT IN (SELECT decision_id FROM containers)",
+                "pruning decisions",
+            )?;
+            Ok(Pruned {
+                decisions,
+                containers,
+            })
+        })?;
+        self.settle(true);
+        Ok(p)
+    }
+
+    /// [`prune`](Self::prune) when something is older than `days` (two lookups that
+    /// stop at the first row otherwise): called on deletes, which nobody waits on.
+    pub fn prune_if_due(
+        &mut self,
+        now_ms: i64,
+        days: u32,
+    ) -> Result<Option<Pruned>, InventoryError> {
+        let cutoff = now_ms - i64::from(days) * 86_400_000;
+        let due: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM decisions WHERE time_ms < ?1
+                                  AND id NOT IN (SELECT decision_id FROM containers))
+                     OR EXISTS (SELECT 1 FROM containers WHERE ended_ms < ?1)",
+                params![cutoff],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql("looking for expired decisions", e))?;
+        if due {
+            self.prune(cutoff).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The GPU leases of live containers.
@@ -986,6 +1047,52 @@ mod tests {
             d
         });
         assert_eq!(inv.history(2500, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn retention_prunes_what_ended_and_keeps_what_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        let day = 86_400_000;
+        inv.record(&decision("old-ended", 1000, Outcome::Admitted))
+            .unwrap();
+        inv.record(&decision("old-refused", 2000, Outcome::Refused))
+            .unwrap();
+        inv.record(&decision("old-live", 3000, Outcome::Admitted))
+            .unwrap();
+        inv.record(&decision("new", 9 * day, Outcome::Refused))
+            .unwrap();
+        inv.end("old-ended", Some("/run/r"), 5000, "deleted")
+            .unwrap();
+        // Nothing older than 10 days at day 10.
+        assert_eq!(inv.prune_if_due(10 * day, 10).unwrap(), None);
+        // Seven days at day 10: the old ended container and its decision go, the
+        // refusal goes, the live one and its decision stay, the recent one stays.
+        let p = inv.prune_if_due(10 * day, 7).unwrap().unwrap();
+        assert_eq!(
+            p,
+            Pruned {
+                decisions: 2,
+                containers: 1
+            }
+        );
+        let ids: Vec<String> = inv
+            .history(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.container_id)
+            .collect();
+        assert_eq!(ids, ["new", "old-live"]);
+        assert_eq!(inv.live().unwrap().len(), 1);
+        assert!(
+            inv.find("old-live").unwrap().is_some(),
+            "explain still works for a live container"
+        );
+        assert_eq!(
+            inv.prune_if_due(10 * day, 7).unwrap(),
+            None,
+            "the live one's decision is kept, not retried"
+        );
     }
 
     #[test]

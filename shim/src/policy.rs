@@ -64,12 +64,19 @@ pub struct RuntimeSection {
 #[serde(default, deny_unknown_fields)]
 pub struct InventorySection {
     pub path: PathBuf,
+    /// Decisions (and ended containers) older than this many days are pruned;
+    /// `false` keeps them all.
+    pub retention_days: Switch<u32>,
 }
+
+/// Days of decisions kept when the policy does not say.
+pub const DEFAULT_RETENTION_DAYS: u32 = 7;
 
 impl Default for InventorySection {
     fn default() -> Self {
         InventorySection {
             path: PathBuf::from(DEFAULT_INVENTORY),
+            retention_days: Switch::On(DEFAULT_RETENTION_DAYS),
         }
     }
 }
@@ -598,10 +605,19 @@ fn lookup_user(name: &str) -> Option<u32> {
 pub struct Lenient {
     pub runtime_path: Option<PathBuf>,
     pub inventory_path: Option<PathBuf>,
+    /// `[inventory] retention_days`: None when no file sets it.
+    pub retention_days: Option<Switch<u32>>,
     pub on_invalid_policy: Option<OnInvalidPolicy>,
 }
 
 impl Lenient {
+    /// Days of decisions kept: what the files say, or the default.
+    pub fn retention(&self) -> Option<u32> {
+        self.retention_days
+            .unwrap_or(Switch::On(DEFAULT_RETENTION_DAYS))
+            .get()
+    }
+
     /// The inventory the files name, or the default. For a policy that validates,
     /// the same path [`load`] gives: the last file that sets it wins either way.
     pub fn inventory(&self) -> PathBuf {
@@ -639,6 +655,13 @@ pub fn lenient(main: &Path) -> Lenient {
         }
         if let Some(p) = get("inventory", "path") {
             out.inventory_path = Some(p);
+        }
+        match table.get("inventory").and_then(|s| s.get("retention_days")) {
+            Some(toml::Value::Integer(n)) if *n > 0 => {
+                out.retention_days = u32::try_from(*n).ok().map(Switch::On)
+            }
+            Some(toml::Value::Boolean(false)) => out.retention_days = Some(Switch::Off),
+            _ => {}
         }
         if let Some(v) = table.get("on_invalid_policy").and_then(|v| v.as_str()) {
             out.on_invalid_policy = match v {

@@ -168,3 +168,45 @@ fn policy_check_rejects_impossible_mps_settings() {
         stderr(&o)
     );
 }
+
+/// `mlenv gc` prunes past decisions on demand. The admitted container (a stand-in
+/// runtime leaves no state, so gc ends it first) ended at the cutoff, not before it:
+/// its record stays.
+#[test]
+fn gc_prunes_on_demand() {
+    let p = Policy::write(None, "");
+    let stand_in = p.dir.path().join("runtime");
+    fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
+    let body = fs::read_to_string(&p.main).unwrap();
+    fs::write(
+        &p.main,
+        format!(
+            "{body}[runtime]\npath = {stand_in:?}\nhook = false\n[limits]\nmax_memory = \"1G\"\n"
+        ),
+    )
+    .unwrap();
+    let create = |id: &str, memory: u64| {
+        let bundle = p.dir.path().join(id);
+        fs::create_dir(&bundle).unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            format!(r#"{{"process": {{"user": {{"uid": 0, "gid": 0}}}}, "linux": {{"resources": {{"memory": {{"limit": {memory}}}}}}}}}"#),
+        )
+        .unwrap();
+        run(Command::new(RUNTIME)
+            .env("MLENV_CONFIG", &p.main)
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(id))
+    };
+    assert!(!create("refused-one", 4 << 30).status.success());
+    assert!(create("live-one", 1 << 30).status.success());
+    assert_eq!(p.history().len(), 2);
+    let out = p.cli(&["gc", "--older-than", "0s", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["pruned_decisions"], 1, "{out}");
+    let h = p.history();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["container_id"], "live-one");
+}

@@ -51,6 +51,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// End containers whose process is gone and prune what is older than
+    /// [inventory] retention_days (deletes also prune, when something is due).
+    Gc {
+        /// Prune what is older than this instead: 90s, 15m, 2h, 7d.
+        #[arg(long)]
+        older_than: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Register mlenv with a container engine: its runtime (and hook), keeping every
     /// other setting; idempotent; the previous file kept as FILE.mlenv-backup.
     Install(InstallArgs),
@@ -147,6 +156,7 @@ fn main() -> ExitCode {
         } => policy_check(file.as_deref()),
         Cmd::Ps { json } => ps(json),
         Cmd::Cdi { command } => cdi(command),
+        Cmd::Gc { older_than, json } => gc(older_than.as_deref(), json),
         Cmd::Install(args) => install(&args, true),
         Cmd::Uninstall(args) => install(&args, false),
         Cmd::History { since, limit, json } => history(since.as_deref(), limit, json),
@@ -217,6 +227,40 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn gc(older_than: Option<&str>, json: bool) -> Result<ExitCode, String> {
+    let keep_ms = match older_than {
+        Some(d) => parse_duration(d).ok_or_else(|| {
+            format!("--older-than {d:?}: write a number and s, m, h or d, like 7d")
+        })?,
+        None => {
+            let days = policy::lenient(&policy::main_path()).retention().ok_or(
+                "[inventory] retention_days = false keeps every decision: give --older-than to prune anyway",
+            )?;
+            i64::from(days) * 86_400_000
+        }
+    };
+    let mut inv = open_inventory()?;
+    let now = SystemClock.now_ms();
+    let ended = inv
+        .reconcile(&ProcHost::default(), now)
+        .map_err(|e| e.to_string())?;
+    let pruned = inv.prune(now - keep_ms).map_err(|e| e.to_string())?;
+    if json {
+        return json_out(&serde_json::json!({
+            "ended": ended,
+            "pruned_decisions": pruned.decisions,
+            "pruned_containers": pruned.containers,
+        }));
+    }
+    println!(
+        "ended {ended} container(s) whose process was gone; pruned {} decision(s) and {} ended container(s) older than {}",
+        pruned.decisions,
+        pruned.containers,
+        age(keep_ms)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A binary installed beside this one (/usr/bin/mlenv-runtime beside /usr/bin/mlenv).
