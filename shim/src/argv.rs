@@ -46,6 +46,28 @@ const UPDATE_VALUE_FLAGS: &[&str] = &[
     "mem-bw-schema",
 ];
 
+/// Flags of `exec` that take a value.
+const EXEC_VALUE_FLAGS: &[&str] = &[
+    "console-socket",
+    "pidfd-socket",
+    "cwd",
+    "env",
+    "e",
+    "user",
+    "u",
+    "additional-gids",
+    "g",
+    "process",
+    "p",
+    "pid-file",
+    "process-label",
+    "apparmor",
+    "cap",
+    "c",
+    "preserve-fds",
+    "cgroup",
+];
+
 /// The subcommands mlenv acts on; everything else passes straight through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -55,6 +77,8 @@ pub enum Command {
     Delete,
     /// `update`: new resource limits for a running container.
     Update,
+    /// `exec`: a new process in a running container (`docker exec`).
+    Exec,
     /// Any other subcommand, or none (`--version`, `--help`).
     Other,
 }
@@ -80,7 +104,8 @@ pub struct Invocation {
     /// `run --detach`: without it, `run` stays in the foreground until the container
     /// exits and removes it itself.
     pub detach: bool,
-    /// `update`'s flags with values, as given (`resources`, `memory`, ...).
+    /// `update`'s and `exec`'s flags with values, as given (`resources`, `memory`,
+    /// `process`, `cap`, ...), short names spelled long.
     pub update: Vec<(String, String)>,
 }
 
@@ -169,6 +194,7 @@ pub fn scan(args: &[OsString]) -> Invocation {
         "create" | "run" => Command::Create,
         "delete" => Command::Delete,
         "update" => Command::Update,
+        "exec" => Command::Exec,
         _ => return inv,
     };
 
@@ -187,6 +213,7 @@ pub fn scan(args: &[OsString]) -> Invocation {
             let takes_value = match inv.command {
                 Command::Create => CREATE_VALUE_FLAGS.contains(&name),
                 Command::Update => UPDATE_VALUE_FLAGS.contains(&name),
+                Command::Exec => EXEC_VALUE_FLAGS.contains(&name),
                 _ => false,
             };
             let value = match inline {
@@ -198,8 +225,14 @@ pub fn scan(args: &[OsString]) -> Invocation {
                 None => None,
             };
             match (name, value) {
-                (n, Some(v)) if inv.command == Command::Update => {
-                    let n = if n == "r" { "resources" } else { n };
+                (n, Some(v)) if matches!(inv.command, Command::Update | Command::Exec) => {
+                    let n = match n {
+                        "r" => "resources",
+                        "p" => "process",
+                        "c" => "cap",
+                        "u" => "user",
+                        other => other,
+                    };
                     inv.update.push((n.to_string(), v));
                 }
                 ("bundle" | "b", Some(v)) => inv.bundle = Some(PathBuf::from(v)),
@@ -244,6 +277,20 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn exec_as_docker_calls_it() {
+        let inv = s("--root /r --log /l --log-format json exec --process /p/process.json --detach --pid-file /p abc");
+        assert_eq!(inv.command, Command::Exec);
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(
+            inv.update[0],
+            ("process".to_string(), "/p/process.json".to_string())
+        );
+        let inv = s("exec -c CAP_SYS_ADMIN --cap=CAP_NET_ADMIN abc sh");
+        assert_eq!(inv.container_id.as_deref(), Some("abc"));
+        assert_eq!(inv.update.len(), 2);
     }
 
     #[test]
@@ -349,7 +396,6 @@ mod tests {
             "-v",
             "",
             "--root /r state abc",
-            "--root /r --log /l --log-format json exec --process /p/process.json --detach --pid-file /p abc",
             "--root /r kill abc 9",
             "--root /r checkpoint --image-path /i abc",
             "--root /r --log /l --log-format json start abc",

@@ -196,7 +196,7 @@ pub fn decide(
             }
         },
     };
-    let mut gpus = Gpus::read(&spec, policy, &mut notes);
+    let mut gpus = Gpus::read(&spec, policy, mode, &mut notes);
     let mut request = Request {
         uid: decision.uid,
         project: decision.project.clone(),
@@ -238,7 +238,7 @@ pub fn decide(
                             injected = Some(spec.clone());
                         }
                         other => gpu_refusals.push(format!(
-                            "mlenv-hook cannot choose GPUs for a container that exists ({other} asked); name them (NVIDIA_VISIBLE_DEVICES=1, --device nvidia.com/gpu=1), or register mlenv-runtime with the engine"
+                            "mlenv-hook cannot choose GPUs for a container that exists ({other} asked); name them (NVIDIA_VISIBLE_DEVICES=1), or register mlenv-runtime with the engine"
                         )),
                     },
                     None => match gpus.inject(&spec, s, policy) {
@@ -372,7 +372,12 @@ struct Gpus {
 type HostGpus = (Vec<GpuInfo>, Prepared, Vec<(u32, String)>);
 
 impl Gpus {
-    fn read(spec: &Spec, policy: &crate::policy::Policy, notes: &mut Vec<String>) -> Gpus {
+    fn read(
+        spec: &Spec,
+        policy: &crate::policy::Policy,
+        mode: Mode,
+        notes: &mut Vec<String>,
+    ) -> Gpus {
         let mut out = Gpus {
             request: GpuRequest::None,
             host: None,
@@ -409,6 +414,10 @@ impl Gpus {
         let read = crate::gpu::probe(policy.gpu.nvml_library.as_deref())
             .map_err(|e| format!("cannot read the GPUs: {e}"))
             .and_then(|gpus| {
+                // From a hook nothing is injected: nothing to prepare.
+                if mode != Mode::Runtime {
+                    return Ok((gpus, Prepared::Nvidia { add_hook: None }, Vec::new()));
+                }
                 inject::prepare(&policy.gpu, spec, &gpus)
                     .map(|(prepared, blocked)| (gpus, prepared, blocked))
                     .map_err(|e| e.to_string())
@@ -588,11 +597,11 @@ pub fn record_end(
     inventory
         .end(id, root.as_deref(), clock.now_ms(), reason)
         .map_err(|e| e.to_string())?;
-    // Retention, where nobody waits: a delete.
+    // Retention, where nobody waits: a delete. A failure here is not a failed end.
     if let Some(days) = lenient.retention() {
-        inventory
-            .prune_if_due(clock.now_ms(), days)
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = inventory.prune_if_due(clock.now_ms(), days) {
+            eprintln!("mlenv: warning: old decisions not pruned: {e}");
+        }
     }
     Ok(())
 }

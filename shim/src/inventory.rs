@@ -599,6 +599,36 @@ impl Inventory {
         }
     }
 
+    /// Decisions recorded, by outcome.
+    pub fn outcome_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, InventoryError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT decision, count(*) FROM decisions GROUP BY decision")
+            .map_err(|e| self.sql("counting decisions", e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .and_then(|rows| rows.collect::<Result<_, _>>())
+            .map_err(|e| self.sql("counting decisions", e))?;
+        Ok(rows)
+    }
+
+    /// The reasons of every refusal recorded.
+    pub fn refusal_reasons(&self) -> Result<Vec<String>, InventoryError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT reason FROM decisions WHERE decision = 'refused'")
+            .map_err(|e| self.sql("reading refusals", e))?;
+        let rows = st
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<_, _>>())
+            .map_err(|e| self.sql("reading refusals", e))?;
+        Ok(rows)
+    }
+
     /// The GPU leases of live containers.
     pub fn leases(&self) -> Result<Vec<LiveLease>, InventoryError> {
         live_leases(&self.conn).map_err(|e| self.sql("listing GPU leases", e))

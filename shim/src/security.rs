@@ -238,25 +238,47 @@ pub fn check(
             }
         }
     }
-    if let Some(allowed) = s.allowed_capabilities.as_ref() {
-        let allowed: Vec<caps::Capability> =
-            allowed.iter().filter_map(|c| capability(c).ok()).collect();
-        let mut extra: Vec<String> = Vec::new();
-        for name in capabilities(spec) {
-            let known = capability(name).ok();
-            if !known.is_some_and(|c| allowed.contains(&c)) && !extra.iter().any(|e| e == name) {
-                extra.push(name.to_string());
-            }
-        }
-        if !extra.is_empty() {
-            out.push(format!(
-                "capabilit{} {} not in [security] allowed_capabilities",
-                if extra.len() == 1 { "y" } else { "ies" },
-                extra.join(", ")
-            ));
+    out.extend(capability_refusal(capabilities(spec).into_iter(), s));
+    out
+}
+
+/// The clause for capabilities beyond the allowlist, if any.
+fn capability_refusal<'a>(
+    names: impl Iterator<Item = &'a str>,
+    s: &SecuritySection,
+) -> Option<String> {
+    let allowed: Vec<caps::Capability> = s
+        .allowed_capabilities
+        .as_ref()?
+        .iter()
+        .filter_map(|c| capability(c).ok())
+        .collect();
+    let mut extra: Vec<&str> = Vec::new();
+    for name in names {
+        let known = capability(name).ok();
+        if !known.is_some_and(|c| allowed.contains(&c)) && !extra.contains(&name) {
+            extra.push(name);
         }
     }
-    out
+    (!extra.is_empty()).then(|| {
+        format!(
+            "capabilit{} {} not in [security] allowed_capabilities",
+            if extra.len() == 1 { "y" } else { "ies" },
+            extra.join(", ")
+        )
+    })
+}
+
+/// The rules that apply to a process started in a running container (`docker exec`,
+/// runc's `--process` JSON and `--cap` flags): capabilities.
+pub fn check_exec(process: Option<&Value>, caps: &[String], s: &SecuritySection) -> Vec<String> {
+    let wrapped = process.map(|p| serde_json::json!({ "process": p }));
+    let mut names = wrapped.as_ref().map(capabilities).unwrap_or_default();
+    names.extend(caps.iter().map(String::as_str));
+    capability_refusal(names.into_iter(), s)
+        .map(|c| format!("exec: {c}"))
+        .into_iter()
+        .collect()
 }
 
 /// Why the spec is privileged: a device cgroup rule that allows every device.
@@ -500,6 +522,24 @@ mod tests {
         assert_eq!(check(&moved, Some(&other), &s, &files()).len(), 1);
         let picked = bind("/etc/shadow", "/x");
         assert_eq!(check(&picked, Some("etc"), &s, &files()).len(), 1);
+    }
+
+    #[test]
+    fn exec_is_held_to_the_capability_allowlist() {
+        let d = SecuritySection::default();
+        let plain = json!({"capabilities": {"bounding": DOCKER_DEFAULT_CAPABILITIES}});
+        assert!(check_exec(Some(&plain), &[], &d).is_empty());
+        let privileged = json!({"capabilities": {"bounding": ["CAP_CHOWN", "CAP_SYS_ADMIN"], "effective": ["CAP_SYS_ADMIN"]}});
+        assert_eq!(
+            check_exec(Some(&privileged), &[], &d),
+            vec!["exec: capability CAP_SYS_ADMIN not in [security] allowed_capabilities"]
+        );
+        assert_eq!(check_exec(None, &["CAP_NET_ADMIN".into()], &d).len(), 1);
+        let off = SecuritySection {
+            allowed_capabilities: Switch::Off,
+            ..Default::default()
+        };
+        assert!(check_exec(Some(&privileged), &[], &off).is_empty());
     }
 
     #[test]

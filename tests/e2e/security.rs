@@ -230,3 +230,23 @@ fn docker_update_is_held_to_the_maxima() {
     assert_eq!(live[0]["limits"]["memory"], 512u64 << 20, "{live:?}");
     docker(&["rm", "-f", &id]);
 }
+
+/// `docker exec --privileged` cannot get around the capability allowlist; a plain
+/// exec passes.
+#[test]
+fn docker_exec_is_held_to_the_capability_allowlist() {
+    let Some((_g, _policy)) = engine("docker_exec", &[], "") else {
+        return;
+    };
+    let id = docker(&["run", "-d", IMAGE, "sleep", "600"]);
+    assert_eq!(docker(&["exec", &id, "echo", "plain"]), "plain");
+    let o = run(&mut docker_cmd(&["exec", "--privileged", &id, "true"]));
+    // Docker 20.10 prints an exec's runtime error on stdout.
+    let err = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("mlenv: refused: exec: capabilities ") && err.contains("CAP_SYS_ADMIN"),
+        "{err}"
+    );
+    docker(&["rm", "-f", &id]);
+}

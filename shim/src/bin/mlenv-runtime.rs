@@ -18,6 +18,7 @@ fn main() {
         Command::Create => create(&inv, &args, &main),
         Command::Delete => delete(&inv, &args, &main),
         Command::Update => update(&inv, &args, &main),
+        Command::Exec => exec(&inv, &args, &main),
         Command::Other => passthrough(&inv, &args, &main),
     }
 }
@@ -62,6 +63,37 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     exit(code)
 }
 
+/// `exec` with capabilities beyond `[security] allowed_capabilities` (`docker exec
+/// --privileged`) is refused. The policy is read strictly but quietly: where it
+/// cannot be read (broken, untrusted), exec passes through as every other call does.
+fn exec(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
+    let trusted = mlenv::trust::check_policy(
+        main,
+        &policy::dropins(main).unwrap_or_default(),
+        &mlenv::hostfs::RealFiles,
+    );
+    if let (Ok(()), Ok(loaded)) = (trusted, policy::load(main)) {
+        let values = |k: &str| -> Vec<String> {
+            inv.update
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        let process = values("process")
+            .first()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let caps = values("cap");
+        let refusals =
+            mlenv::security::check_exec(process.as_ref(), &caps, &loaded.policy.security);
+        if !refusals.is_empty() {
+            fail(inv, &format!("mlenv: refused: {}", refusals.join("; ")));
+        }
+    }
+    passthrough(inv, args, main)
+}
+
 /// An update raising a limit past the policy's maximum is refused; one within it is
 /// recorded and handed over, with the resources it read from stdin given again.
 fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
@@ -75,6 +107,7 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     };
     let loaded = match create::policy_in_force(main, &mut log, clock.now_ms()) {
         Ok(l) => l,
+        Err(create::CreateError::Untrusted(e)) => refuse(&mut log, &format!("update: {e}")),
         Err(e) => refuse(&mut log, &format!("update: {e}")),
     };
     let runtime = match lowlevel::locate(loaded.policy.runtime.path.as_deref()) {

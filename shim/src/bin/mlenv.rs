@@ -60,6 +60,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The host against its thresholds, who holds which GPU, the policy in force and
+    /// the inventory's health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Metrics in Prometheus' text format: decisions and refusals by reason, live
+    /// containers, GPU leases and MPS shares, host pressure.
+    Metrics {
+        /// Write DIR/mlenv.prom atomically (node-exporter's textfile collector)
+        /// instead of printing.
+        #[arg(long)]
+        textfile_dir: Option<PathBuf>,
+    },
     /// Register mlenv with a container engine: its runtime (and hook), keeping every
     /// other setting; idempotent; the previous file kept as FILE.mlenv-backup.
     Install(InstallArgs),
@@ -108,6 +122,10 @@ struct InstallArgs {
     /// /usr/share/containers/oci/hooks.d).
     #[arg(long)]
     hooks_dir: Option<PathBuf>,
+    /// crio: also put mlenv-hook in the hooks directory (it then sees every
+    /// container on the node, Kubernetes system pods included).
+    #[arg(long)]
+    with_hook: bool,
     /// dockerd's pid file, to make it reload (SIGHUP).
     #[arg(long, default_value = mlenv::install::docker::PID_FILE)]
     pid_file: PathBuf,
@@ -157,6 +175,16 @@ fn main() -> ExitCode {
         Cmd::Ps { json } => ps(json),
         Cmd::Cdi { command } => cdi(command),
         Cmd::Gc { older_than, json } => gc(older_than.as_deref(), json),
+        Cmd::Status { json } => {
+            let s = mlenv::status::gather(&policy::main_path(), &ProcHost::default());
+            if json {
+                json_out(&s)
+            } else {
+                print!("{}", mlenv::status::render(&s));
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Cmd::Metrics { textfile_dir } => metrics(textfile_dir.as_deref()),
         Cmd::Install(args) => install(&args, true),
         Cmd::Uninstall(args) => install(&args, false),
         Cmd::History { since, limit, json } => history(since.as_deref(), limit, json),
@@ -227,6 +255,34 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn metrics(textfile_dir: Option<&Path>) -> Result<ExitCode, String> {
+    use mlenv::host::Host;
+    let mut inv = open_inventory()?;
+    // Dead containers must not be counted as live.
+    if let Err(e) = inv.reconcile(&ProcHost::default(), SystemClock.now_ms()) {
+        eprintln!("mlenv: warning: live containers not checked: {e}");
+    }
+    let e = |e: mlenv::inventory::InventoryError| e.to_string();
+    let refusals = inv.refusal_reasons().map_err(e)?;
+    let snapshot = mlenv::metrics::Snapshot {
+        outcomes: inv.outcome_counts().map_err(e)?,
+        refusal_reasons: mlenv::metrics::count_reasons(refusals.iter().map(String::as_str)),
+        live: inv.live().map_err(e)?,
+        leases: inv.leases().map_err(e)?,
+        host: ProcHost::default().probe().ok(),
+    };
+    let text = mlenv::metrics::render(&snapshot);
+    match textfile_dir {
+        None => print!("{text}"),
+        Some(dir) => {
+            let path = dir.join("mlenv.prom");
+            mlenv::fsutil::write_atomic(&path, text.as_bytes(), 0o644)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn gc(older_than: Option<&str>, json: bool) -> Result<ExitCode, String> {
@@ -333,7 +389,8 @@ fn install(a: &InstallArgs, install: bool) -> Result<ExitCode, String> {
                 hooks_d: a.hooks_dir.clone().unwrap_or_else(|| crio::HOOKS_D.into()),
                 name: a.name.clone(),
                 runtime,
-                hook: hook()?,
+                // Uninstall removes an entry installed earlier either way.
+                hook: if a.with_hook || !install { Some(hook()?) } else { None },
                 default: a.default,
             },
             install,

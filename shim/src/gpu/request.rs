@@ -99,9 +99,14 @@ pub fn has_nvidia_hook(spec: &Spec) -> bool {
     })
 }
 
-/// Reads the request. `MLENV_GPUS` wins over `NVIDIA_VISIBLE_DEVICES`.
+/// Reads the request. `MLENV_GPUS` wins over `NVIDIA_VISIBLE_DEVICES`, except
+/// `MLENV_GPUS=0`: it cannot cancel what NVIDIA_VISIBLE_DEVICES asks the engine's
+/// NVIDIA hook for (that would hand GPUs out with no lease and no check).
 pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
-    if let Some(v) = spec.env("MLENV_GPUS") {
+    if let Some(v) = spec
+        .env("MLENV_GPUS")
+        .filter(|v| v.trim().parse::<u32>() != Ok(0))
+    {
         let t = v.trim();
         if t.eq_ignore_ascii_case("all") {
             return Ok(GpuRequest::All {
@@ -109,7 +114,6 @@ pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
             });
         }
         return match t.parse::<u32>() {
-            Ok(0) => Ok(GpuRequest::None),
             Ok(n) => Ok(GpuRequest::Count {
                 n,
                 source: Source::MlenvGpus,
@@ -189,6 +193,12 @@ mod tests {
                 }),
             ),
             (&["MLENV_GPUS=0"], false, Ok(R::None)),
+            // MLENV_GPUS=0 does not cancel Docker's --gpus all: still checked.
+            (
+                &["MLENV_GPUS=0", "NVIDIA_VISIBLE_DEVICES=all"],
+                true,
+                Ok(R::All { source: DockerGpus }),
+            ),
             (&["MLENV_GPUS=all"], false, Ok(R::All { source: MlenvGpus })),
             (
                 &["MLENV_GPUS=two"],

@@ -83,12 +83,21 @@ fn edit_doc(
     let containerd = table_at(doc.as_table_mut(), &["plugins", plugin, "containerd"], path)?;
     if install {
         let runtimes = table_at(containerd, &["runtimes"], path)?;
+        // The cgroup driver must match the kubelet's: take runc's.
+        let systemd = runtimes
+            .get("runc")
+            .and_then(|r| r.get("options"))
+            .and_then(|o| o.get("SystemdCgroup"))
+            .and_then(Item::as_bool);
         let rt = table_at(runtimes, &[o.name.as_str()], path)?;
         rt.set_implicit(false);
         rt.insert("runtime_type", value("io.containerd.runc.v2"));
         let opts = table_at(rt, &["options"], path)?;
         opts.set_implicit(false);
         opts.insert("BinaryName", value(o.runtime.display().to_string()));
+        if let Some(systemd) = systemd {
+            opts.insert("SystemdCgroup", value(systemd));
+        }
         if o.default {
             containerd.insert("default_runtime_name", value(o.name.as_str()));
         }
@@ -263,6 +272,8 @@ root = "/var/lib/containerd"
 
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = true
 "#;
 
     #[test]

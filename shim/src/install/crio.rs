@@ -14,7 +14,10 @@ pub struct Options {
     pub hooks_d: PathBuf,
     pub name: String,
     pub runtime: PathBuf,
-    pub hook: PathBuf,
+    /// mlenv-hook for the hooks directory; None: not installed. On a Kubernetes
+    /// node the hook applies to every container, system pods included, so it is
+    /// only installed when asked for.
+    pub hook: Option<PathBuf>,
     pub default: bool,
 }
 
@@ -41,7 +44,10 @@ pub fn plan(o: &Options, install: bool) -> Result<Plan, InstallError> {
             super::dropin(&o.conf_d.join("50-mlenv.conf"), install.then(|| conf_text(o)))?,
             super::dropin(
                 &o.hooks_d.join("mlenv.json"),
-                install.then(|| super::podman::hook_json(&o.hook)),
+                o.hook
+                    .as_deref()
+                    .filter(|_| install)
+                    .map(super::podman::hook_json),
             )?,
         ],
         notes: vec![format!(
@@ -62,7 +68,7 @@ mod tests {
             hooks_d: HOOKS_D.into(),
             name: "mlenv".into(),
             runtime: "/usr/bin/mlenv-runtime".into(),
-            hook: "/usr/bin/mlenv-hook".into(),
+            hook: None,
             default: true,
         };
         let t: toml::Table = toml::from_str(&conf_text(&o)).unwrap();
