@@ -9,6 +9,7 @@ pub mod admission;
 pub mod argv;
 pub mod clock;
 pub mod create;
+pub mod doctor;
 pub mod edits;
 pub mod fsutil;
 pub mod gpu;

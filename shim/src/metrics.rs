@@ -240,6 +240,39 @@ mod tests {
         assert_eq!(counted.get("limits.max_memory"), Some(&1));
     }
 
+    /// The shipped Grafana dashboard asks only for metrics this module writes.
+    #[test]
+    fn dashboard_uses_only_metrics_that_exist() {
+        let text = include_str!("../../config/grafana/mlenv-dashboard.json");
+        let dash: serde_json::Value = serde_json::from_str(text).unwrap();
+        let (_dir, fixture) = crate::host::tests::fixture(&[]);
+        let host = crate::host::Host::probe(&fixture).unwrap();
+        let families: Vec<String> = render(&Snapshot {
+            host: Some(host),
+            ..Default::default()
+        })
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+        let panels = dash["panels"].as_array().unwrap();
+        assert!(panels.len() >= 8);
+        for p in panels {
+            let expr = p["targets"][0]["expr"].as_str().unwrap();
+            let used: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("mlenv_"))
+                .collect();
+            assert!(!used.is_empty(), "{expr}");
+            for m in used {
+                assert!(
+                    families.iter().any(|f| f == m),
+                    "{m} in {expr} is not written by mlenv metrics"
+                );
+            }
+        }
+    }
+
     #[test]
     fn text_format() {
         let live = |id: &str, project: Option<&str>, memory: u64| Live {

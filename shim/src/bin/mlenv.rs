@@ -60,6 +60,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check this host's setup: runtime, policy, inventory, NVML, CDI specs, engine
+    /// registration; each line ok, warn or FAIL with its fix. Exit 1 on a FAIL.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// The host against its thresholds, who holds which GPU, the policy in force and
     /// the inventory's health.
     Status {
@@ -175,6 +181,24 @@ fn main() -> ExitCode {
         Cmd::Ps { json } => ps(json),
         Cmd::Cdi { command } => cdi(command),
         Cmd::Gc { older_than, json } => gc(older_than.as_deref(), json),
+        Cmd::Doctor { json } => {
+            let dir = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("/usr/bin"));
+            let lines = mlenv::doctor::check(&policy::main_path(), &dir, &Default::default());
+            let failed = lines.iter().any(|l| l.level == mlenv::doctor::Level::Fail);
+            if json {
+                let _ = json_out(&lines);
+            } else {
+                print!("{}", mlenv::doctor::render(&lines));
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::Status { json } => {
             let s = mlenv::status::gather(&policy::main_path(), &ProcHost::default());
             if json {

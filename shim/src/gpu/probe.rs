@@ -48,6 +48,9 @@ pub struct GpuInfo {
     pub processes: Vec<GpuProcess>,
     /// MIG mode currently on (None where the GPU does not support MIG).
     pub mig: Option<bool>,
+    /// Persistence mode (None where NVML cannot say): without it every nvmlInit
+    /// may wait seconds for the driver to load the GPU.
+    pub persistence: Option<bool>,
 }
 
 /// Reads every GPU through the NVML library at `lib` (the system's
@@ -97,6 +100,7 @@ pub fn probe(lib: Option<&Path>) -> Result<Vec<GpuInfo>, GpuError> {
             memory_free: mem.free,
             utilization: dev.utilization_rates().map_err(q("utilization"))?.gpu,
             processes,
+            persistence: dev.is_in_persistent_mode().ok(),
             mig: match dev.mig_mode() {
                 Ok(MigMode { current, .. }) => Some(current == 1),
                 Err(nvml_wrapper::error::NvmlError::NotSupported) => None,
@@ -186,6 +190,7 @@ pub(crate) mod tests {
             utilization: 0,
             processes: vec![],
             mig: None,
+            persistence: Some(true),
         }
     }
 
@@ -199,7 +204,7 @@ pub(crate) mod tests {
          "utilization_gpu": 90, "utilization_memory": 40,
          "processes": [{"pid": 4242, "used_memory": 1073741824}, {"pid": 4343, "used_memory": 0}]},
         {"uuid": "GPU-11111111-1111-1111-1111-111111111111", "name": "NVIDIA A100-SXM4-40GB",
-         "minor": 3, "memory_total": 42949672960, "mig_mode": 1}
+         "minor": 3, "memory_total": 42949672960, "mig_mode": 1, "persistence_mode": 0}
     ]}"#;
 
     #[test]
@@ -219,6 +224,10 @@ pub(crate) mod tests {
         assert_eq!(g0.uuid, "GPU-00000000-0000-0000-0000-000000000000");
         assert_eq!(g0.name, "NVIDIA H100 80GB HBM3");
         assert_eq!((g0.minor, g0.utilization), (0, 90));
+        assert_eq!(
+            (g0.persistence, gpus[1].persistence),
+            (Some(true), Some(false))
+        );
         assert_eq!(
             (g0.memory_total, g0.memory_used, g0.memory_free),
             (80 << 30, 1 << 30, 79 << 30)

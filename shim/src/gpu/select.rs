@@ -374,6 +374,7 @@ mod tests {
             memory_free: free_gib << 30,
             utilization: util,
             mig: Some(false),
+            persistence: Some(true),
             ..crate::gpu::probe::tests::gpu(index, &uuid)
         }
     }

@@ -11,7 +11,7 @@
 //!            "memory_total": 85899345920, "memory_used": 0,
 //!            "utilization_gpu": 0, "utilization_memory": 0,
 //!            "processes": [{"pid": 4242, "used_memory": 1073741824}],
-//!            "mig_mode": 0}]}
+//!            "mig_mode": 0, "persistence_mode": 1}]}
 //! ```
 #![allow(non_snake_case)]
 #![allow(clippy::missing_safety_doc)]
@@ -59,6 +59,13 @@ pub struct Gpu {
     pub processes: Vec<Process>,
     #[serde(default)]
     pub mig_mode: u32,
+    /// nvmlDeviceGetPersistenceMode: 1 enabled (the default), 0 disabled.
+    #[serde(default = "enabled")]
+    pub persistence_mode: u32,
+}
+
+fn enabled() -> u32 {
+    1
 }
 
 /// Matches the default name: 80 GiB.
@@ -368,6 +375,14 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
     with_gpu(dev, |g, _| {
         *current = g.mig_mode;
         *pending = g.mig_mode;
+        SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPersistenceMode(dev: *mut c_void, mode: *mut c_uint) -> Ret {
+    with_gpu(dev, |g, _| {
+        *mode = g.persistence_mode;
         SUCCESS
     })
 }
