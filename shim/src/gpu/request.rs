@@ -99,13 +99,16 @@ pub fn has_nvidia_hook(spec: &Spec) -> bool {
     })
 }
 
-/// Reads the request. `MLENV_GPUS` wins over `NVIDIA_VISIBLE_DEVICES`, except
-/// `MLENV_GPUS=0`: it cannot cancel what NVIDIA_VISIBLE_DEVICES asks the engine's
-/// NVIDIA hook for (that would hand GPUs out with no lease and no check).
+/// Reads the request. `MLENV_GPUS` wins over `NVIDIA_VISIBLE_DEVICES` (`MLENV_GPUS=0`
+/// opts a CUDA image, whose environment asks for every GPU, out of GPUs), except
+/// where the engine's NVIDIA hook is in the spec (`docker run --gpus`): the hook acts
+/// on NVIDIA_VISIBLE_DEVICES, so `MLENV_GPUS=0` cannot cancel that request (it would
+/// hand GPUs out with no lease and no check).
 pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
+    let engine_hook = has_nvidia_hook(spec);
     if let Some(v) = spec
         .env("MLENV_GPUS")
-        .filter(|v| v.trim().parse::<u32>() != Ok(0))
+        .filter(|v| !(engine_hook && v.trim().parse::<u32>() == Ok(0)))
     {
         let t = v.trim();
         if t.eq_ignore_ascii_case("all") {
@@ -114,6 +117,7 @@ pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
             });
         }
         return match t.parse::<u32>() {
+            Ok(0) => Ok(GpuRequest::None),
             Ok(n) => Ok(GpuRequest::Count {
                 n,
                 source: Source::MlenvGpus,
@@ -124,7 +128,7 @@ pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
     let Some(v) = spec.env("NVIDIA_VISIBLE_DEVICES") else {
         return Ok(GpuRequest::None);
     };
-    let hook = has_nvidia_hook(spec);
+    let hook = engine_hook;
     let source = if hook {
         Source::DockerGpus
     } else {
@@ -193,6 +197,12 @@ mod tests {
                 }),
             ),
             (&["MLENV_GPUS=0"], false, Ok(R::None)),
+            // A CUDA image's NVIDIA_VISIBLE_DEVICES=all, opted out.
+            (
+                &["MLENV_GPUS=0", "NVIDIA_VISIBLE_DEVICES=all"],
+                false,
+                Ok(R::None),
+            ),
             // MLENV_GPUS=0 does not cancel Docker's --gpus all: still checked.
             (
                 &["MLENV_GPUS=0", "NVIDIA_VISIBLE_DEVICES=all"],
