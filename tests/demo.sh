@@ -39,6 +39,8 @@ cat >/run/mlenv-e2e/demo/nvml/fake-nvml.json <<'JSON'
 JSON
 for i in 0 1 2 3; do mknod -m 666 /run/mlenv-e2e/demo/dev/nvidia$i c 195 $i; done
 mknod -m 666 /run/mlenv-e2e/demo/dev/nvidiactl c 195 255
+# The demo's policy alone: no drop-ins left by a test run.
+rm -rf "$(dirname "$MLENV_CONFIG")/conf.d"
 cat >"$MLENV_CONFIG" <<'TOML'
 [inventory]
 path = "/run/mlenv-e2e/demo/mlenv.db"
@@ -81,6 +83,14 @@ echo
 echo "== refused: docker run -m 4g (above max_memory)"
 set +e
 docker run --rm --runtime=mlenv -m 4g mlenv-busybox:demo true
+echo "docker run exited $?"
+set -e
+
+echo
+echo "== refused: docker run --privileged and --cap-add SYS_ADMIN ([security] rules)"
+set +e
+docker run --rm --runtime=mlenv --privileged mlenv-busybox:demo true
+docker run --rm --runtime=mlenv --cap-add SYS_ADMIN mlenv-busybox:demo true
 echo "docker run exited $?"
 set -e
 
