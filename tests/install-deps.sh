@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what mlenv's tests and demo need on Debian 12: the engines (runc, Debian's
-# docker.io with its containerd, docker-compose, podman for the hooks-directory test)
-# and busybox-static, from which the tests build their image. Idempotent; run as root.
+# docker.io with its containerd, docker-compose, podman for the hooks-directory test),
+# busybox-static, from which the tests build their image, and rpm to build the .rpm.
+# Idempotent; run as root.
 set -euo pipefail
-need=(runc docker.io containerd docker-compose busybox-static iptables podman)
+need=(runc docker.io containerd docker-compose busybox-static iptables podman rpm)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,6 +11,7 @@ mod containerd;
 mod docker;
 mod gpu;
 mod install;
+mod package;
 mod podman;
 mod runc;
 mod security;
