@@ -805,6 +805,32 @@ mod tests {
         }
     }
 
+    /// The shared-server profile validates as a drop-in over the shipped policy.
+    #[test]
+    fn shared_server_profile_validates_as_a_dropin() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("mlenv.toml");
+        fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mlenv.toml"),
+            &main,
+        )
+        .unwrap();
+        fs::create_dir(dir.path().join("conf.d")).unwrap();
+        fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../config/profiles/shared-server.toml"
+            ),
+            dir.path().join("conf.d/50-shared-server.toml"),
+        )
+        .unwrap();
+        let l = load(&main).unwrap();
+        assert_eq!(l.files.len(), 2);
+        assert_eq!(l.policy.user.mapping, crate::user::Mapping::WorkdirOwner);
+        assert_eq!(l.policy.quotas.len(), 1);
+        assert_eq!(l.policy.limits.max_memory, Some(ByteSize(128 << 30)));
+    }
+
     #[test]
     fn shipped_policy_validates() {
         let main = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/mlenv.toml"));
