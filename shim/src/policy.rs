@@ -805,6 +805,62 @@ mod tests {
         }
     }
 
+    /// Every refusal that names a policy key (`([limits] max_memory)`) is in
+    /// docs/troubleshooting.md: the keys in the code's messages, outside tests.
+    #[test]
+    fn troubleshooting_names_every_policy_key_the_messages_name() {
+        let doc = include_str!("../../docs/troubleshooting.md");
+        let sections: Vec<String> = toml::from_str::<toml::Table>(&Policy::default().to_toml())
+            .unwrap()
+            .keys()
+            .cloned()
+            .chain(["quota".to_string()])
+            .collect();
+        let mut missing = Vec::new();
+        let mut seen = 0;
+        let mut stack = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        while let Some(p) = stack.pop() {
+            if p.is_dir() {
+                stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = fs::read_to_string(&p).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            // In string literals: after a quote on the line, not in comments.
+            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                let Some((_, lit)) = line.split_once('"') else {
+                    continue;
+                };
+                for (i, _) in lit.match_indices('[') {
+                    let rest = &lit[i + 1..];
+                    let Some((section, after)) = rest.split_once("] ") else {
+                        continue;
+                    };
+                    let key: String = after
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if !sections.iter().any(|s| s == section) || key.is_empty() {
+                        continue;
+                    }
+                    seen += 1;
+                    let tag = format!("[{section}] {key}");
+                    if !doc.contains(&tag) {
+                        missing.push(format!("{tag} ({})", p.display()));
+                    }
+                }
+            }
+        }
+        assert!(seen > 30, "only {seen} keys found: the scan is broken");
+        assert!(
+            missing.is_empty(),
+            "not in docs/troubleshooting.md: {missing:?}"
+        );
+    }
+
     /// The shared-server profile validates as a drop-in over the shipped policy.
     #[test]
     fn shared_server_profile_validates_as_a_dropin() {
