@@ -2,7 +2,7 @@
 # Builds mlenv's .deb from binaries already built, with dpkg-deb alone (no cargo-deb
 # to install): the three binaries, the default policy as a conffile in /etc/mlenv,
 # the hooks-directory entry and the Grafana dashboard under /usr/share/mlenv, the
-# docs under /usr/share/doc/mlenv, and /var/lib/mlenv for the inventory.
+# docs under /usr/share/doc/mlenv, man pages, and /var/lib/mlenv for the inventory.
 #
 #   cargo build --release --workspace && packaging/build-deb.sh [BIN_DIR] [OUT_DIR]
 #
@@ -30,6 +30,11 @@ install -m 644 "$repo/config/mlenv.toml" "$stage/etc/mlenv/mlenv.toml"
 install -m 644 "$repo/config/oci-hooks.d/mlenv.json" "$stage/usr/share/mlenv/oci-hooks.d/"
 install -m 644 "$repo/config/grafana/mlenv-dashboard.json" "$stage/usr/share/mlenv/grafana/"
 install -m 644 "$repo/README.md" "$repo"/docs/*.md "$stage/usr/share/doc/mlenv/"
+# Man pages: mlenv's from its own command line, the two system binaries' by hand.
+install -d "$stage/usr/share/man/man1" "$stage/usr/share/man/man8"
+"$bin/mlenv" man "$stage/usr/share/man/man1"
+install -m 644 "$repo"/packaging/man/*.8 "$stage/usr/share/man/man8/"
+gzip -9n "$stage"/usr/share/man/man1/*.1 "$stage"/usr/share/man/man8/*.8
 chmod 755 "$stage" "$stage/var/lib/mlenv"
 
 cat >"$stage/DEBIAN/control" <<CONTROL

@@ -85,6 +85,9 @@ enum Cmd {
     Install(InstallArgs),
     /// Take mlenv out of an engine's configuration again.
     Uninstall(InstallArgs),
+    /// Write man pages of mlenv and its subcommands into DIR (packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// CDI devices as mlenv sees them (inject = "cdi").
     Cdi {
         #[command(subcommand)]
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         } => policy_check(file.as_deref()),
         Cmd::Ps { json } => ps(json),
         Cmd::Cdi { command } => cdi(command),
+        Cmd::Man { dir } => man(&dir),
         Cmd::Gc { older_than, json } => gc(older_than.as_deref(), json),
         Cmd::Doctor { json } => {
             let dir = std::env::current_exe()
@@ -279,6 +283,15 @@ fn policy_check(file: Option<&Path>) -> Result<ExitCode, String> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn man(dir: &Path) -> Result<ExitCode, String> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd, dir)
+        .map_err(|e| format!("cannot write man pages into {}: {e}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn metrics(textfile_dir: Option<&Path>) -> Result<ExitCode, String> {
