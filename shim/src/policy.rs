@@ -488,6 +488,14 @@ pub fn load(main: &Path) -> Result<Loaded, PolicyError> {
 }
 
 impl Policy {
+    /// A policy from a parsed table (one file's, or merged), not yet validated.
+    pub fn deserialize_table(table: toml::Table) -> Result<Policy, PolicyError> {
+        Policy::deserialize(toml::Value::Table(table)).map_err(|e| PolicyError::Invalid {
+            files: String::new(),
+            message: e.message().trim().to_string(),
+        })
+    }
+
     /// Checks that span keys (a default above its maximum, quota blocks), resolves
     /// user names in quotas, and keeps the last block of each selector.
     pub fn validate(&mut self) -> Result<(), String> {
