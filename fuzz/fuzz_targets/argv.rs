@@ -12,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let inv = mlenv::argv::scan(&args);
     if let Some(id) = &inv.container_id {
-        assert!(args.iter().any(|a| a.to_string_lossy().contains(id.as_str())));
+        assert!(args
+            .iter()
+            .any(|a| a.to_string_lossy().contains(id.as_str())));
     }
 });

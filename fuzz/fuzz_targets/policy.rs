@@ -5,10 +5,16 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let path = Path::new("/etc/mlenv/mlenv.toml");
-    let Ok(table) = mlenv::policy::parse_file(path, text) else { return };
-    let Ok(mut policy) = mlenv::policy::Policy::deserialize_table(table) else { return };
+    let Ok(table) = mlenv::policy::parse_file(path, text) else {
+        return;
+    };
+    let Ok(mut policy) = mlenv::policy::Policy::deserialize_table(table) else {
+        return;
+    };
     if policy.validate().is_err() {
         return;
     }

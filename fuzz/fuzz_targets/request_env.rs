@@ -6,14 +6,20 @@ use libfuzzer_sys::fuzz_target;
 use mlenv::spec::Spec;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let hook = text.starts_with('!');
     let env: Vec<&str> = text.lines().collect();
     let mut json = serde_json::json!({"process": {"env": env}});
     if hook {
-        json["hooks"] = serde_json::json!({"prestart": [{"path": "/usr/bin/nvidia-container-runtime-hook"}]});
+        json["hooks"] =
+            serde_json::json!({"prestart": [{"path": "/usr/bin/nvidia-container-runtime-hook"}]});
     }
-    let spec = Spec { path: "/b/config.json".into(), json };
+    let spec = Spec {
+        path: "/b/config.json".into(),
+        json,
+    };
     let _ = mlenv::gpu::request::parse(&spec);
     let mps = mlenv::gpu::mps::MpsSection::default();
     if let Ok(share) = mlenv::gpu::mps::ask(&spec, &mps) {

@@ -29,20 +29,30 @@ uid = 1000
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     let p = policy();
     let files = mlenv::hostfs::RealFiles;
     let _ = mlenv::security::check(&json, Some("abc"), &p.security, &files);
-    let mut spec = Spec { path: "/b/config.json".into(), json };
+    let mut spec = Spec {
+        path: "/b/config.json".into(),
+        json,
+    };
     if mlenv::user::map(&mut spec, &p.user, &files).is_err() {
         return;
     }
-    let Ok(_) = mlenv::edits::apply_all(&mut spec, &p) else { return };
-    let Ok(_) = mlenv::lifecycle::inject(&mut spec, Path::new("/usr/bin/mlenv-hook"), None) else { return };
+    let Ok(_) = mlenv::edits::apply_all(&mut spec, &p) else {
+        return;
+    };
+    let Ok(_) = mlenv::lifecycle::inject(&mut spec, Path::new("/usr/bin/mlenv-hook"), None) else {
+        return;
+    };
     let once = spec.json.clone();
     let _ = mlenv::user::map(&mut spec, &p.user, &files).expect("the mapped spec maps again");
     let log = mlenv::edits::apply_all(&mut spec, &p).expect("the edited spec edits again");
-    let again = mlenv::lifecycle::inject(&mut spec, Path::new("/usr/bin/mlenv-hook"), None).unwrap();
+    let again =
+        mlenv::lifecycle::inject(&mut spec, Path::new("/usr/bin/mlenv-hook"), None).unwrap();
     assert!(!log.changed && !again, "second pass changed the spec");
     assert_eq!(spec.json, once);
 });
