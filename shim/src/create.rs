@@ -222,6 +222,9 @@ pub fn decide(
 
     let recorded = Inventory::open(&policy.inventory.path).and_then(|mut inventory| {
         inventory.admit(&mut decision, track, host, |usage, d| {
+            // Stamped under the write lock: a container ended before this decision
+            // is committed before it, so lease intervals never overlap in the record.
+            d.time_ms = clock.now_ms();
             let mut checks = host_checks.clone();
             let mut gpu_actions = Vec::new();
             injected = None;

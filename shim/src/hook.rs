@@ -188,7 +188,7 @@ mod tests {
         fs::write(
             &main,
             format!(
-                "[inventory]\npath = {inventory:?}\n[limits]\ndefault_memory = \"1G\"\nmax_memory = \"4G\"\n[[quota]]\nproject = \"p\"\nmax_containers = 1\n"
+                "[inventory]\npath = {inventory:?}\n[limits]\ndefault_memory = \"1G\"\nmax_memory = \"4G\"\n[[quota]]\nproject = \"p\"\nmax_containers = 1\n[admission]\nmax_memory_percent = false\nmin_available_memory = false\nmax_load_per_cpu = false\nmax_psi_cpu = false\nmax_psi_memory = false\nmemory_overcommit = false\ncpu_overcommit = false\n"
             ),
         )
         .unwrap();

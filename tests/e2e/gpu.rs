@@ -291,8 +291,6 @@ fn sixteen_racing_creates_lease_four_gpus_once_each() {
     assert!(policy.live().is_empty(), "leases released by rm -f");
 }
 
-/// MPS: on an 80G GPU shared through MPS, containers asking 20G each: four are
-/// admitted, the fifth is refused with the sums; inside, the three variables hold the
 /// A remapped (non-root) container granted a GPU whose nodes are 0660 root:44 gets
 /// group 44, and can open its node; without a GPU it gets no such group.
 #[test]
@@ -323,6 +321,8 @@ fn a_non_root_gpu_container_gets_the_device_group() {
     assert_eq!(out, "1000");
 }
 
+/// MPS: on an 80G GPU shared through MPS, containers asking 20G each: four are
+/// admitted, the fifth is refused with the sums; inside, the three variables hold the
 /// granted values (a value the user set is replaced) and the pipe directory and the
 /// shared /dev/shm are mounted.
 #[test]
@@ -506,4 +506,126 @@ fn real_gpu_probe_select_inject() {
         .filter(|g| out.contains(&format!("nvidia{}\n", g.minor)))
         .count();
     assert_eq!(others, 0, "only the chosen GPU's node");
+}
+
+/// Soak (issue 8), opt-in with `MLENV_SOAK=N` (it takes minutes): N containers
+/// created and removed through dockerd, 16 in flight, mixing exclusive GPUs, MPS
+/// shares, a project quota and plain containers on four test-NVML GPUs (two shared
+/// through MPS). At the end nothing is live, no lease is unreleased, no two exclusive
+/// leases of one GPU overlap in time, and every failure is a refusal with a reason.
+#[test]
+fn soak_mixed_requests() {
+    let Some(n) = std::env::var("MLENV_SOAK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        eprintln!("soak: not run (set MLENV_SOAK=N)");
+        return;
+    };
+    let gpus: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"uuid": "{}", "minor": {i}}}"#, uuid(i)))
+        .collect();
+    let host = GpuHost::new(&format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")), 4);
+    let mps = tempfile::tempdir().unwrap();
+    for d in ["pipe", "shm"] {
+        std::fs::create_dir(mps.path().join(d)).unwrap();
+    }
+    let body = format!(
+        "{}[mps]\ngpus = [2, 3]\npipe_directory = {:?}\nshm_directory = {:?}\n[[quota]]\nproject = \"soak\"\nmax_containers = 3\n",
+        host.policy("devices"),
+        mps.path().join("pipe"),
+        mps.path().join("shm")
+    );
+    let Some((_g, policy)) = engine("soak", &["mknod"], &body) else {
+        return;
+    };
+    const KINDS: [&[&str]; 4] = [
+        &["-e", "MLENV_GPUS=1"],
+        &["-e", "MLENV_GPUS=1", "-e", "MLENV_GPU_MEMORY=20G"],
+        &["-e", "MLENV_PROJECT=soak"],
+        &[],
+    ];
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = std::time::Instant::now();
+    let results: Vec<(usize, bool, String)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if i >= n {
+                            return out;
+                        }
+                        let mut args = vec!["run", "--rm"];
+                        args.extend_from_slice(KINDS[i % 4]);
+                        args.extend([IMAGE, "sleep", "0.2"]);
+                        let o = run(&mut docker_cmd(&args));
+                        out.push((i % 4, o.status.success(), stderr(&o)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let mut admitted = [0usize; 4];
+    let mut refused = [0usize; 4];
+    for (kind, ok, err) in &results {
+        if *ok {
+            admitted[*kind] += 1;
+        } else {
+            refused[*kind] += 1;
+            let reason = err
+                .split("mlenv: refused: ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("a failure that is not a refusal: {err}"));
+            assert!(
+                reason.trim().len() > 10,
+                "a refusal without a reason: {err}"
+            );
+        }
+    }
+    eprintln!(
+        "soak: {n} containers in {:.1} s; admitted (gpu, mps, quota, plain) {admitted:?}, refused {refused:?}",
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(results.len(), n);
+    assert_eq!(refused[3], 0, "plain containers are never refused");
+    assert!(policy.live().is_empty(), "nothing live after --rm");
+    let db = rusqlite::Connection::open(&policy.inventory).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT count(*) FROM leases WHERE released_ms IS NULL"),
+        0,
+        "leaked leases"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM containers WHERE ended_ms IS NULL"),
+        0,
+        "leaked reservations"
+    );
+    let mut st = db
+        .prepare(
+            "SELECT a.gpu_uuid, a.released_ms - cb.created_ms FROM leases a JOIN leases b
+               ON a.gpu_uuid = b.gpu_uuid AND a.id < b.id AND a.exclusive = 1 AND b.exclusive = 1
+             JOIN containers ca ON ca.id = a.container_row
+             JOIN containers cb ON cb.id = b.container_row
+             WHERE cb.created_ms < a.released_ms AND ca.created_ms < b.released_ms",
+        )
+        .unwrap();
+    let overlaps: Vec<(String, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(overlaps.is_empty(), "double leases: {overlaps:?}");
+    assert_eq!(count("SELECT count(*) FROM decisions"), n as i64);
+    assert_eq!(
+        count("SELECT count(*) FROM decisions WHERE decision = 'refused' AND length(reason) < 10"),
+        0
+    );
 }
