@@ -80,18 +80,31 @@ fn cli_errors_say_what_to_do() {
     );
 }
 
-/// Twenty creates at once on one inventory: each waits its turn (busy timeout), none
-/// fails, every decision is recorded. (Reservations are off: the fixture asks for
-/// 1.5 CPUs each.)
-#[test]
-fn concurrent_creates_all_recorded() {
+/// A policy whose low-level runtime is a stand-in that exits 0 (no container is
+/// made): `rest` goes after `[runtime] path`, so it may add `[runtime]` keys first.
+fn stand_in_policy(rest: &str) -> Policy {
     let p = Policy::write(None, "");
     let stand_in = p.dir.path().join("runtime");
     fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
     fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
     let body = fs::read_to_string(&p.main).unwrap();
-    fs::write(&p.main, format!("{body}[runtime]\npath = {stand_in:?}\n[limits]\nover_limit = \"clamp\"\nmax_pids = 100\n\
-         [admission]\nmemory_overcommit = false\ncpu_overcommit = false\n")).unwrap();
+    fs::write(
+        &p.main,
+        format!("{body}[runtime]\npath = {stand_in:?}\n{rest}"),
+    )
+    .unwrap();
+    p
+}
+
+/// Twenty creates at once on one inventory: each waits its turn (busy timeout), none
+/// fails, every decision is recorded. (Reservations are off: the fixture asks for
+/// 1.5 CPUs each.)
+#[test]
+fn concurrent_creates_all_recorded() {
+    let p = stand_in_policy(
+        "[limits]\nover_limit = \"clamp\"\nmax_pids = 100\n\
+         [admission]\nmemory_overcommit = false\ncpu_overcommit = false\n",
+    );
     // The captured spec asks for a GPU (MLENV_GPUS=1); this test is about the
     // inventory, not GPUs.
     let spec = fs::read_to_string(concat!(
@@ -174,18 +187,7 @@ fn policy_check_rejects_impossible_mps_settings() {
 /// its record stays.
 #[test]
 fn gc_prunes_on_demand() {
-    let p = Policy::write(None, "");
-    let stand_in = p.dir.path().join("runtime");
-    fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
-    fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
-    let body = fs::read_to_string(&p.main).unwrap();
-    fs::write(
-        &p.main,
-        format!(
-            "{body}[runtime]\npath = {stand_in:?}\nhook = false\n[limits]\nmax_memory = \"1G\"\n"
-        ),
-    )
-    .unwrap();
+    let p = stand_in_policy("hook = false\n[limits]\nmax_memory = \"1G\"\n");
     let create = |id: &str, memory: u64| {
         let bundle = p.dir.path().join(id);
         fs::create_dir(&bundle).unwrap();

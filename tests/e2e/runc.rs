@@ -50,6 +50,23 @@ impl<'a> Rt<'a> {
         c
     }
 
+    /// `create --bundle B --pid-file P ID` as an engine calls it, every stream
+    /// closed (the container's init would hold a pipe open).
+    fn create_detached(&self, bundle: &Path, pid_file: &Path, id: &str) {
+        ok(self
+            .cmd(&[
+                "create",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()));
+    }
+
     fn status(&self, id: &str) -> Option<String> {
         let o = run(&mut self.cmd(&["state", id]));
         if !o.status.success() {
@@ -123,18 +140,7 @@ fn runc_lifecycle_and_passthrough_with_a_broken_policy() {
     let rt = Rt::new(&policy);
     let id = "e2e-life";
     let pid_file = policy.dir.path().join("init.pid");
-    ok(rt
-        .cmd(&[
-            "create",
-            "--bundle",
-            b.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            id,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null()));
+    rt.create_detached(&b, &pid_file, id);
     assert_eq!(rt.status(id).as_deref(), Some("created"));
     assert_eq!(policy.live().len(), 1);
     assert!(pid_file.exists());
@@ -316,18 +322,7 @@ fn the_hook_records_the_init_process_and_ends_the_container() {
     let rt = Rt::new(&policy);
     let id = "e2e-hooked";
     let pid_file = policy.dir.path().join("init.pid");
-    ok(rt
-        .cmd(&[
-            "create",
-            "--bundle",
-            b.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            id,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null()));
+    rt.create_detached(&b, &pid_file, id);
     let written: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     let create_hooks = written["hooks"]["createRuntime"].as_array().unwrap();
     assert_eq!(create_hooks[0]["path"], "/bin/true");
