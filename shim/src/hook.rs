@@ -113,12 +113,13 @@ pub fn run(
                 .pid
                 .ok_or_else(|| HookError::NoPid(state.status.clone().unwrap_or_default()))?;
             let start = host.process_start(pid).ok_or(HookError::InitGone(pid))?;
-            if recorded
-                || (inventory_path.exists()
-                    && Inventory::open(&inventory_path)?.is_live(&state.id)?)
-            {
-                Inventory::open(&inventory_path)?.started(&state.id, (pid, start))?;
-                return Ok(Outcome::Recorded);
+            // One connection: is it mlenv-runtime's (then record), or ours to decide.
+            if recorded || inventory_path.exists() {
+                let mut inventory = Inventory::open(&inventory_path)?;
+                if recorded || inventory.is_live(&state.id)? {
+                    inventory.started(&state.id, (pid, start))?;
+                    return Ok(Outcome::Recorded);
+                }
             }
             let inv = Invocation {
                 command: Command::Create,

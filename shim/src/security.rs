@@ -202,9 +202,18 @@ pub fn check(
             }
         }
     }
+    // Each configured path resolved once, not once per bind mount (canonicalize is a
+    // few syscalls, and this runs on every create).
+    let resolve_all =
+        |paths: &[PathBuf]| -> Vec<PathBuf> { paths.iter().map(|p| files.resolve(p)).collect() };
+    let sockets = s.refuse_engine_sockets.as_ref().map(|v| resolve_all(v));
+    let roots = s
+        .allowed_bind_roots
+        .as_ref()
+        .map(|v| (v, resolve_all(v), resolve_all(&s.engine_roots)));
     for m in bind_mounts(spec) {
         let source = files.resolve(Path::new(m.source));
-        if let Some(sockets) = s.refuse_engine_sockets.as_ref() {
+        if let Some(sockets) = &sockets {
             if let Some(socket) = engine_socket(&source, sockets, files) {
                 let what = if socket == source {
                     format!("engine socket {}", socket.display())
@@ -222,10 +231,10 @@ pub fn check(
                 continue;
             }
         }
-        if let Some(roots) = s.allowed_bind_roots.as_ref() {
-            let under = |r: &PathBuf| source.starts_with(files.resolve(r));
-            if !roots.iter().any(under)
-                && !s.engine_roots.iter().any(under)
+        if let Some((roots, resolved, engine)) = &roots {
+            let under = |r: &PathBuf| source.starts_with(r);
+            if !resolved.iter().any(under)
+                && !engine.iter().any(under)
                 && !engine_made(&source, container_id)
             {
                 let names: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
@@ -319,13 +328,10 @@ fn host_namespace(spec: &Value, kind: &str, files: &dyn Files) -> Option<String>
 }
 
 /// The engine socket a bind source exposes: the socket itself, one inside it, or a
-/// socket named like an engine's.
+/// socket named like an engine's. `sockets` are resolved already.
 fn engine_socket(source: &Path, sockets: &[PathBuf], files: &dyn Files) -> Option<PathBuf> {
-    for socket in sockets {
-        let socket = files.resolve(socket);
-        if socket.starts_with(source) {
-            return Some(socket);
-        }
+    if let Some(socket) = sockets.iter().find(|socket| socket.starts_with(source)) {
+        return Some(socket.clone());
     }
     let named = source
         .file_name()
