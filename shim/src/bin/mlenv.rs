@@ -410,24 +410,24 @@ fn install(a: &InstallArgs, install: bool) -> Result<ExitCode, String> {
             )
         }
         Engine::Podman => podman::plan(
-            &podman::Options {
+            &install::DropIns {
                 conf_d: a.config.clone().unwrap_or_else(|| podman::CONF_D.into()),
                 hooks_d: a.hooks_dir.clone().unwrap_or_else(|| podman::HOOKS_D.into()),
                 name: a.name.clone(),
                 runtime,
-                hook: hook()?,
+                hook: Some(hook()?),
                 default: a.default,
             },
             install,
         ),
         Engine::Crio => crio::plan(
-            &crio::Options {
+            &install::DropIns {
                 conf_d: a.config.clone().unwrap_or_else(|| crio::CONF_D.into()),
                 hooks_d: a.hooks_dir.clone().unwrap_or_else(|| crio::HOOKS_D.into()),
                 name: a.name.clone(),
                 runtime,
-                // Uninstall removes an entry installed earlier either way.
-                hook: if a.with_hook || !install { Some(hook()?) } else { None },
+                // On a Kubernetes node the hook sees every container: only when asked.
+                hook: a.with_hook.then(hook).transpose()?,
                 default: a.default,
             },
             install,

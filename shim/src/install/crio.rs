@@ -1,27 +1,14 @@
 //! CRI-O: a crio.conf.d drop-in adding mlenv-runtime as a runtime handler (and with
-//! `--default` as the default), and mlenv-hook in the hooks directory. CRI-O reads
-//! runtimes at start: restart it.
+//! `--default` as the default), and with `--with-hook` mlenv-hook in the hooks
+//! directory (on a Kubernetes node it sees every container, system pods included).
+//! CRI-O reads runtimes at start: restart it.
 
-use super::{InstallError, Plan};
-use std::path::PathBuf;
+use super::{DropIns, InstallError, Plan};
 
 pub const CONF_D: &str = "/etc/crio/crio.conf.d";
 pub const HOOKS_D: &str = "/usr/share/containers/oci/hooks.d";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    pub conf_d: PathBuf,
-    pub hooks_d: PathBuf,
-    pub name: String,
-    pub runtime: PathBuf,
-    /// mlenv-hook for the hooks directory; None: not installed. On a Kubernetes
-    /// node the hook applies to every container, system pods included, so it is
-    /// only installed when asked for.
-    pub hook: Option<PathBuf>,
-    pub default: bool,
-}
-
-pub fn conf_text(o: &Options) -> String {
+pub fn conf_text(o: &DropIns) -> String {
     let mut t =
         String::from("# Written by `mlenv install crio`; removed by `mlenv uninstall crio`.\n");
     if o.default {
@@ -38,17 +25,11 @@ pub fn conf_text(o: &Options) -> String {
     t
 }
 
-pub fn plan(o: &Options, install: bool) -> Result<Plan, InstallError> {
+pub fn plan(o: &DropIns, install: bool) -> Result<Plan, InstallError> {
     Ok(Plan {
         changes: vec![
             super::dropin(&o.conf_d.join("50-mlenv.conf"), install.then(|| conf_text(o)))?,
-            super::dropin(
-                &o.hooks_d.join("mlenv.json"),
-                o.hook
-                    .as_deref()
-                    .filter(|_| install)
-                    .map(super::podman::hook_json),
-            )?,
+            super::hooks_entry(o, install)?,
         ],
         notes: vec![format!(
             "restart CRI-O (systemctl restart crio) to load the runtime; a RuntimeClass with handler: {} selects it",
@@ -63,7 +44,7 @@ mod tests {
 
     #[test]
     fn dropin_text() {
-        let o = Options {
+        let o = DropIns {
             conf_d: CONF_D.into(),
             hooks_d: HOOKS_D.into(),
             name: "mlenv".into(),

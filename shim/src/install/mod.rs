@@ -57,6 +57,31 @@ pub struct Plan {
     pub notes: Vec<String>,
 }
 
+/// Where an engine that takes drop-in files (podman, CRI-O) gets mlenv: its
+/// drop-in directory, its hooks directory, and what to put there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropIns {
+    pub conf_d: PathBuf,
+    pub hooks_d: PathBuf,
+    /// The runtime's name in the engine.
+    pub name: String,
+    pub runtime: PathBuf,
+    /// mlenv-hook for the hooks directory; None: no hooks entry (uninstall removes
+    /// one either way).
+    pub hook: Option<PathBuf>,
+    /// Make it the engine's default runtime.
+    pub default: bool,
+}
+
+/// The hooks-directory entry of `o` as a change: written on install when a hook is
+/// given, removed on uninstall.
+pub fn hooks_entry(o: &DropIns, install: bool) -> Result<Change, InstallError> {
+    dropin(
+        &o.hooks_d.join("mlenv.json"),
+        o.hook.as_deref().filter(|_| install).map(podman::hook_json),
+    )
+}
+
 /// Reads a file that may not exist.
 pub fn read(path: &Path) -> Result<Option<String>, InstallError> {
     match std::fs::read_to_string(path) {

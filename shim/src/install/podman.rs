@@ -2,23 +2,13 @@
 //! `--default` as podman's runtime), and mlenv-hook in the admin's hooks directory.
 //! Podman reads both at each command: nothing to reload.
 
-use super::{InstallError, Plan};
-use std::path::{Path, PathBuf};
+use super::{DropIns, InstallError, Plan};
+use std::path::Path;
 
 pub const CONF_D: &str = "/etc/containers/containers.conf.d";
 pub const HOOKS_D: &str = "/etc/containers/oci/hooks.d";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    pub conf_d: PathBuf,
-    pub hooks_d: PathBuf,
-    pub name: String,
-    pub runtime: PathBuf,
-    pub hook: PathBuf,
-    pub default: bool,
-}
-
-pub fn conf_text(o: &Options) -> String {
+pub fn conf_text(o: &DropIns) -> String {
     let mut t = format!(
         "# Written by `mlenv install podman`; removed by `mlenv uninstall podman`.\n[engine.runtimes]\n{} = [{:?}]\n",
         o.name,
@@ -44,11 +34,11 @@ pub fn hook_json(hook: &Path) -> String {
     s
 }
 
-pub fn plan(o: &Options, install: bool) -> Result<Plan, InstallError> {
+pub fn plan(o: &DropIns, install: bool) -> Result<Plan, InstallError> {
     Ok(Plan {
         changes: vec![
             super::dropin(&o.conf_d.join("mlenv.conf"), install.then(|| conf_text(o)))?,
-            super::dropin(&o.hooks_d.join("mlenv.json"), install.then(|| hook_json(&o.hook)))?,
+            super::hooks_entry(o, install)?,
         ],
         notes: vec![format!(
             "podman reads these at each command; choose the runtime with `podman run --runtime {}`{}",
@@ -65,12 +55,12 @@ mod tests {
     #[test]
     fn dropin_and_hook() {
         let dir = tempfile::tempdir().unwrap();
-        let o = Options {
+        let o = DropIns {
             conf_d: dir.path().join("containers.conf.d"),
             hooks_d: dir.path().join("hooks.d"),
             name: "mlenv".into(),
             runtime: "/usr/bin/mlenv-runtime".into(),
-            hook: "/usr/bin/mlenv-hook".into(),
+            hook: Some("/usr/bin/mlenv-hook".into()),
             default: true,
         };
         let conf: toml::Table = toml::from_str(&conf_text(&o)).unwrap();
