@@ -26,7 +26,8 @@ pub enum CreateError {
         error: Box<PolicyError>,
         fallback: Box<PolicyError>,
     },
-    #[error("refused: {0}")]
+    /// The policy or inventory is not trusted: [`decide`] turns it into a refusal.
+    #[error(transparent)]
     Untrusted(#[from] crate::trust::TrustError),
     #[error("no container id in the {0} command")]
     NoId(String),
@@ -129,7 +130,10 @@ pub fn decide(
     log: &mut RuncLog,
 ) -> Result<Verdict, CreateError> {
     let now = clock.now_ms();
-    let mut loaded = policy_in_force(main, log, now)?;
+    let mut loaded = match policy_in_force(main, log, now) {
+        Err(CreateError::Untrusted(e)) => return Ok(Verdict::Refused(e.to_string())),
+        other => other?,
+    };
     if mode != Mode::Runtime {
         // Defaults cannot be applied and clamps cannot lower anything from a hook.
         let l = &mut loaded.policy.limits;
@@ -794,25 +798,25 @@ mod tests {
         let mode =
             |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
         mode(&f.main, 0o664);
-        let err = run_create(&f, "t1", &host(), &mut log)
-            .unwrap_err()
-            .to_string();
         assert_eq!(
-            err,
-            format!(
-                "refused: policy {0} is writable by group or others (mode 0664): it is not honoured; run `chmod go-w {0}`",
+            run_create(&f, "t1", &host(), &mut log).unwrap(),
+            Verdict::Refused(format!(
+                "policy {0} is writable by group or others (mode 0664): it is not honoured; run `chmod go-w {0}`",
                 f.main.display()
-            )
+            ))
         );
+        let refusal = |id: &str, log: &mut RuncLog| match run_create(&f, id, &host(), log).unwrap()
+        {
+            Verdict::Refused(why) => why,
+            other => panic!("{other:?}"),
+        };
         // A drop-in someone else can write counts the same.
         mode(&f.main, 0o644);
         let conf_d = f.dir.path().join("conf.d");
         fs::create_dir(&conf_d).unwrap();
         fs::write(conf_d.join("x.toml"), "").unwrap();
         mode(&conf_d, 0o777);
-        let err = run_create(&f, "t2", &host(), &mut log)
-            .unwrap_err()
-            .to_string();
+        let err = refusal("t2", &mut log);
         assert!(
             err.contains(&format!("policy drop-in {} is writable", conf_d.display())),
             "{err}"
@@ -822,9 +826,7 @@ mod tests {
         // The inventory's directory too; and nothing is recorded in it.
         let inv_dir = f.dir.path().join("inv");
         mode(&inv_dir, 0o777);
-        let err = run_create(&f, "t4", &host(), &mut log)
-            .unwrap_err()
-            .to_string();
+        let err = refusal("t4", &mut log);
         assert!(
             err.contains(&format!("inventory {} is writable", inv_dir.display())),
             "{err}"

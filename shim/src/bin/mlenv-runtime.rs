@@ -107,7 +107,6 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     };
     let loaded = match create::policy_in_force(main, &mut log, clock.now_ms()) {
         Ok(l) => l,
-        Err(create::CreateError::Untrusted(e)) => refuse(&mut log, &format!("update: {e}")),
         Err(e) => refuse(&mut log, &format!("update: {e}")),
     };
     let runtime = match lowlevel::locate(loaded.policy.runtime.path.as_deref()) {
