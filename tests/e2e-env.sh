@@ -5,6 +5,7 @@
 #
 #   tests/e2e-env.sh start   # prints the variables the tests read; also in /run/mlenv-e2e/env
 #   tests/e2e-env.sh stop
+#   tests/e2e-env.sh crash-dockerd   # kill -9 dockerd, start it again
 #
 # dockerd finds a stub nvidia-container-runtime-hook on its PATH, so `docker run --gpus`
 # works as on a GPU host (dockerd only offers --gpus when that hook exists): the stub
@@ -68,6 +69,18 @@ JSON
     echo $! >"$run/containerd.pid"
     wait_for containerd ctr --address "$run/containerd.sock" version || { tail -20 "$run/containerd.log" >&2; exit 1; }
 
+    : >"$run/dockerd.log"
+    start_dockerd
+
+    cat >"$run/env" <<ENV
+export MLENV_E2E_DOCKER_HOST=unix://$run/docker.sock
+export MLENV_E2E_CONTAINERD=$run/containerd.sock
+export MLENV_E2E_POLICY=$policy
+ENV
+    cat "$run/env"
+}
+
+start_dockerd() {
     PATH=$run/bin:$PATH MLENV_CONFIG=$policy setsid dockerd \
         --containerd "$run/containerd.sock" \
         --data-root "$data/docker" \
@@ -76,15 +89,19 @@ JSON
         --pidfile "$run/docker.pid" \
         --config-file "$run/daemon.json" \
         --bridge none --iptables=false --ip-masq=false \
-        >"$run/dockerd.log" 2>&1 </dev/null &
+        >>"$run/dockerd.log" 2>&1 </dev/null &
     wait_for dockerd docker --host "unix://$run/docker.sock" version || { tail -20 "$run/dockerd.log" >&2; exit 1; }
+}
 
-    cat >"$run/env" <<ENV
-export MLENV_E2E_DOCKER_HOST=unix://$run/docker.sock
-export MLENV_E2E_CONTAINERD=$run/containerd.sock
-export MLENV_E2E_POLICY=$policy
-ENV
-    cat "$run/env"
+# kill -9 of dockerd alone (its containers live on under containerd), then a new
+# dockerd on the same state: the fault injection tests' engine crash.
+crash_dockerd() {
+    local pid
+    pid=$(cat "$run/docker.pid")
+    kill -9 "$pid"
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$run/docker.pid"
+    start_dockerd
 }
 
 stop() {
@@ -108,5 +125,6 @@ stop() {
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    crash-dockerd) crash_dockerd ;;
+    *) echo "usage: $0 start|stop|crash-dockerd" >&2; exit 2 ;;
 esac

@@ -1,27 +1,29 @@
-//! Whole-process create latency: `runc create` against `mlenv-runtime create` on the
-//! same bundle, interleaved in the same run so that both see the same machine.
+//! Whole-process benchmarks of mlenv-runtime against plain runc, run as root; every
+//! figure of docs/benchmarks.md that involves a process comes from here. `bash
+//! tests/bench.sh` builds and runs it all in one go.
 //!
-//!     cargo build --release --workspace && cargo build --release --examples
-//!     sudo target/release/examples/bench_create [iterations]
+//!     bench_create [N]          create latency, mlenv's own cost and peak RSS, and
+//!                               64 creates at once
+//!     bench_create docker [N]   `docker run --rm` wall time, --runtime=runc against
+//!                               --runtime=mlenv, on the engine at $DOCKER_HOST
 //!
-//! Three cases, each timed from spawn to exit of the create command (delete is not
-//! timed): plain runc; mlenv with a policy whose edits do not apply (read, decide,
-//! record, exec); mlenv with default limits that rewrite config.json every time (the
-//! spec is restored before each run, untimed). Prints median, p95 and mean, and the
-//! median added over runc.
+//! Create latency: `runc create` and `mlenv-runtime create` on the same bundle,
+//! interleaved so that every case sees the same machine, each timed from spawn to
+//! exit (deletes untimed, through the runtime that created, as under an engine). Every
+//! create gets `--pid-file`, as Docker, containerd and podman pass it. Cases: no edit
+//! (the policy changes nothing; mlenv still adds its poststop hook), the same with
+//! `[runtime] hook = false`, default limits (config.json rewritten), and one GPU
+//! (`MLENV_GPUS=1` on eight GPUs of the test NVML library, against runc creating the
+//! same bundle without them).
 //!
-//! The no-edit case still adds mlenv-hook (createRuntime: the init process recorded,
-//! inside runc's create) and so writes config.json; a fifth case switches the hook
-//! off (`[runtime] hook = false`) to show what it costs.
+//! runc's own create varies by more than mlenv adds, so the cases run once more with
+//! `/bin/true` standing in for runc: that isolates mlenv's own cost (its process,
+//! policy, spec, inventory, exec), and its peak RSS (`ru_maxrss` of the process,
+//! which becomes `/bin/true` only at its end).
 //!
-//! A fourth case asks for one GPU (`MLENV_GPUS=1`) on eight GPUs served by the test
-//! NVML library (target/release/libmlenv_fake_nvml.so), injected as device nodes: the
-//! GPU path (NVML load and probe, selection, lease, device edit) against runc
-//! creating the same bundle without them.
-//!
-//! runc's own create varies by a millisecond or more from run to run, more than mlenv
-//! adds; so the same three cases run once more with `/bin/true` standing in for runc,
-//! which isolates what mlenv itself costs (its process, policy, spec, inventory, exec).
+//! The work directory goes under /run, where Docker's and containerd's bundles live
+//! (tmpfs on most hosts); `MLENV_BENCH_DIR` puts it elsewhere. Its filesystem is
+//! printed, because config.json writes cost more on ext4 than on tmpfs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,44 +40,175 @@ fn must(cmd: &mut Command) {
     assert!(st.success(), "{cmd:?} failed: {st}");
 }
 
-fn timed(cmd: &mut Command) -> f64 {
+/// Runs `cmd`; its wall time in ms and its peak RSS in KiB.
+// The child is reaped by wait4, which std does not see: that is how its rusage comes.
+#[allow(clippy::zombie_processes)]
+fn timed(cmd: &mut Command) -> (f64, i64) {
     let t = Instant::now();
-    must(cmd);
-    t.elapsed().as_secs_f64() * 1e3
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(pid, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed: {status}"
+    );
+    (ms, usage.ru_maxrss)
+}
+
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Median and interquartile range of the per-iteration differences `a[i] - b[i]`:
 /// interleaved runs share whatever the machine was doing, so the paired difference
 /// is steadier than a difference of medians.
 fn paired(name: &str, a: &[f64], b: &[f64]) {
-    let mut d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    d.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    let q = |f: f64| d[((d.len() - 1) as f64 * f) as usize];
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
     println!(
-        "{name:<28} median {:+7.3} ms   IQR {:+.3} .. {:+.3} ms",
-        q(0.5),
-        q(0.25),
-        q(0.75)
+        "{name:<34} median {:+7.3} ms   IQR {:+.3} .. {:+.3} ms",
+        quantile(&d, 0.5),
+        quantile(&d, 0.25),
+        quantile(&d, 0.75)
     );
 }
 
-fn stats(name: &str, v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = v[v.len() / 2];
-    let p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
+fn stats(name: &str, v: &[f64]) -> (f64, f64) {
+    let (median, p95) = (quantile(v, 0.5), quantile(v, 0.95));
     println!(
-        "{name:<28} median {median:7.3} ms   p95 {p95:7.3} ms   mean {mean:7.3} ms   n={}",
+        "{name:<34} median {median:7.3} ms   p95 {p95:7.3} ms   n={}",
         v.len()
     );
-    median
+    (median, p95)
+}
+
+fn fs_name(dir: &Path) -> String {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statfs fills the zeroed struct for a valid NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "unknown".into();
+    }
+    match st.f_type {
+        0x0102_1994 => "tmpfs".into(),
+        0xEF53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        t => format!("type {t:#x}"),
+    }
+}
+
+/// A busybox root filesystem in `dir/rootfs`.
+fn rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
+    for name in ["true", "sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(name)).unwrap();
+    }
+    rootfs
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().unwrap())
-        .unwrap_or(200);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("docker") => docker(args.get(1).map_or(100, |n| n.parse().unwrap())),
+        n => creates(n.map_or(200, |n| n.parse().unwrap())),
+    }
+}
+
+struct Bench {
+    dir: PathBuf,
+    runc: PathBuf,
+    mlenv: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Bench {
+    fn cmd(&self, bin: &Path, policy: Option<&Path>) -> Command {
+        let mut c = Command::new(bin);
+        if let Some(p) = policy {
+            c.env("MLENV_CONFIG", p);
+        }
+        c.arg("--root").arg(&self.state);
+        c
+    }
+
+    /// A create as an engine sends it; `pid_file`: with `--pid-file`.
+    fn create(
+        &self,
+        bin: &Path,
+        policy: Option<&Path>,
+        bundle: &Path,
+        id: &str,
+        pid_file: bool,
+    ) -> Command {
+        let mut c = self.cmd(bin, policy);
+        c.arg("--log")
+            .arg(&self.log)
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(bundle);
+        if pid_file {
+            c.arg("--pid-file").arg(self.dir.join(format!("{id}.pid")));
+        }
+        c.arg(id);
+        c
+    }
+
+    fn delete(&self, bin: &Path, policy: Option<&Path>, id: &str) {
+        must(self.cmd(bin, policy).args(["delete", "--force", id]));
+        let _ = fs::remove_file(self.dir.join(format!("{id}.pid")));
+    }
+
+    fn policy(&self, name: &str, runtime: &Path, body: &str) -> PathBuf {
+        let p = self.dir.join(name).join("mlenv.toml");
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(
+            &p,
+            format!(
+                "[runtime]\npath = {runtime:?}\n{body}\n[inventory]\npath = {:?}\n",
+                self.dir.join("inventory").join("mlenv.db")
+            ),
+        )
+        .unwrap();
+        p
+    }
+}
+
+/// A bundle in `dir` running `true` in `rootfs`, with `env` added; returns its
+/// pristine config.json.
+fn bundle(runc: &Path, dir: &Path, rootfs: &Path, env: &[&str]) -> Vec<u8> {
+    fs::create_dir_all(dir).unwrap();
+    must(Command::new(runc).args(["spec", "--bundle"]).arg(dir));
+    let cfg = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    for e in env {
+        spec["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push((*e).into());
+    }
+    let pristine = serde_json::to_vec(&spec).unwrap();
+    fs::write(&cfg, &pristine).unwrap();
+    pristine
+}
+
+fn creates(n: usize) {
     let exe = std::env::current_exe().unwrap();
     let bin_dir = exe.parent().unwrap().parent().unwrap();
     let mlenv = bin_dir.join("mlenv-runtime");
@@ -84,36 +217,28 @@ fn main() {
         "{} missing: cargo build --release --workspace first",
         mlenv.display()
     );
-    let runc = mlenv::lowlevel::locate(None).expect("runc installed");
-
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    let rootfs = dir.join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static installed");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/true")).unwrap();
-    let bundle = dir.join("bundle");
-    fs::create_dir(&bundle).unwrap();
-    must(Command::new(&runc).args(["spec", "--bundle"]).arg(&bundle));
-    let cfg = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
-    spec["root"] = serde_json::json!({"path": rootfs, "readonly": true});
-    spec["process"]["terminal"] = serde_json::json!(false);
-    spec["process"]["args"] = serde_json::json!(["true"]);
-    let pristine = serde_json::to_vec(&spec).unwrap();
-    fs::write(&cfg, &pristine).unwrap();
+    let parent = std::env::var_os("MLENV_BENCH_DIR").map_or(PathBuf::from("/run"), PathBuf::from);
+    let work = tempfile::Builder::new()
+        .prefix("mlenv-bench-")
+        .tempdir_in(&parent)
+        .unwrap();
+    let b = Bench {
+        dir: work.path().to_path_buf(),
+        runc: mlenv::lowlevel::locate(None).expect("runc installed"),
+        mlenv,
+        state: work.path().join("state"),
+        log: work.path().join("log.json"),
+    };
+    let dir = &b.dir;
+    let rootfs = rootfs(dir);
+    let plain_bundle = dir.join("bundle");
+    let pristine = bundle(&b.runc, &plain_bundle, &rootfs, &[]);
     let gpu_bundle = dir.join("gpu-bundle");
-    fs::create_dir(&gpu_bundle).unwrap();
-    spec["process"]["env"]
-        .as_array_mut()
-        .unwrap()
-        .push("MLENV_GPUS=1".into());
-    let gpu_cfg = gpu_bundle.join("config.json");
-    let gpu_pristine = serde_json::to_vec(&spec).unwrap();
-    fs::write(&gpu_cfg, &gpu_pristine).unwrap();
-    // Eight idle GPUs through the test NVML library, device nodes standing in as links
-    // to /dev/null.
+    let gpu_pristine = bundle(&b.runc, &gpu_bundle, &rootfs, &["MLENV_GPUS=1"]);
+    let reset = |bundle: &Path, bytes: &[u8]| fs::write(bundle.join("config.json"), bytes).unwrap();
+
+    // Eight idle GPUs through the test NVML library, device nodes standing in as
+    // links to /dev/null.
     let gpus: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"uuid": "GPU-{i:08}-0000-0000-0000-000000000000", "minor": {i}}}"#))
         .collect();
@@ -129,151 +254,306 @@ fn main() {
         std::os::unix::fs::symlink("/dev/null", dev.join(format!("nvidia{i}"))).unwrap();
     }
     std::os::unix::fs::symlink("/dev/null", dev.join("nvidiactl")).unwrap();
-    let gpu_policy =
+    let gpu_body =
         format!("[gpu]\nnvml_library = {nvml:?}\ninject = \"devices\"\ndevice_dir = {dev:?}\n");
-
-    let write_policy = |name: &str, runtime: &Path, body: &str| -> PathBuf {
-        let p = dir.join(name).join("mlenv.toml");
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        // "-nohook" cases: mlenv-hook not added (no createRuntime/poststop hooks).
-        let hook = if name.ends_with("-nohook") {
-            "hook = false\n"
-        } else {
-            ""
-        };
-        fs::write(
-            &p,
-            format!(
-                "[runtime]\npath = {runtime:?}\n{hook}[inventory]\npath = {:?}\n{body}",
-                dir.join("mlenv.db")
-            ),
-        )
-        .unwrap();
-        p
-    };
     const LIMITS: &str =
         "[limits]\ndefault_memory = \"256M\"\ndefault_cpus = 1\ndefault_pids = 512\n";
-    let no_edit = write_policy("plain", &runc, "");
-    let no_hook = write_policy("plain-nohook", &runc, "");
-    let limits = write_policy("limits", &runc, LIMITS);
-    let truebin = PathBuf::from("/bin/true");
-    let no_edit_true = write_policy("plain-true", &truebin, "");
-    let limits_true = write_policy("limits-true", &truebin, LIMITS);
-    let gpu = write_policy("gpu", &runc, &gpu_policy);
-    let gpu_true = write_policy("gpu-true", &truebin, &gpu_policy);
-    let state = dir.join("state");
-    let log = dir.join("log.json");
 
-    let create_in = |bundle: &Path, bin: &Path, policy: Option<&Path>, id: &str| {
-        let mut c = Command::new(bin);
-        if let Some(p) = policy {
-            c.env("MLENV_CONFIG", p);
-        }
-        c.arg("--root").arg(&state).arg("--log").arg(&log).args([
-            "--log-format",
-            "json",
-            "create",
-            "--bundle",
-        ]);
-        c.arg(bundle).arg(id);
-        c
-    };
-    let create = |bin: &Path, policy: Option<&Path>, id: &str| create_in(&bundle, bin, policy, id);
-    // Deletes go through the runtime that created (untimed), so that mlenv's
-    // inventory sees them as it does under an engine.
-    let delete = |bin: &Path, policy: Option<&Path>, id: &str| {
-        let mut c = Command::new(bin);
-        if let Some(p) = policy {
-            c.env("MLENV_CONFIG", p);
-        }
-        must(c.arg("--root").arg(&state).args(["delete", "--force", id]))
-    };
+    println!(
+        "bundles in {} ({}); runc {}; mlenv {}",
+        dir.display(),
+        fs_name(dir),
+        b.runc.display(),
+        b.mlenv.display()
+    );
+    println!();
+
+    // Cases against runc. (name, policy, bundle, pristine, baseline index)
+    let runc_path = b.runc.clone();
+    let truebin = PathBuf::from("/bin/true");
+    struct Case<'a> {
+        name: &'static str,
+        policy: Option<PathBuf>,
+        bundle: &'a Path,
+        pristine: &'a [u8],
+    }
+    let against_runc = [
+        Case {
+            name: "runc create",
+            policy: None,
+            bundle: &plain_bundle,
+            pristine: &pristine,
+        },
+        Case {
+            name: "mlenv create (no edit)",
+            policy: Some(b.policy("plain", &runc_path, "")),
+            bundle: &plain_bundle,
+            pristine: &pristine,
+        },
+        Case {
+            name: "mlenv create (no edit, no hook)",
+            policy: Some(b.policy("nohook", &runc_path, "hook = false")),
+            bundle: &plain_bundle,
+            pristine: &pristine,
+        },
+        Case {
+            name: "mlenv create (limits edit)",
+            policy: Some(b.policy("limits", &runc_path, LIMITS)),
+            bundle: &plain_bundle,
+            pristine: &pristine,
+        },
+        Case {
+            name: "runc create (GPU bundle)",
+            policy: None,
+            bundle: &gpu_bundle,
+            pristine: &gpu_pristine,
+        },
+        Case {
+            name: "mlenv create (1 GPU)",
+            policy: Some(b.policy("gpu", &runc_path, &gpu_body)),
+            bundle: &gpu_bundle,
+            pristine: &gpu_pristine,
+        },
+    ];
+    let standing_in = [
+        Case {
+            name: "/bin/true",
+            policy: None,
+            bundle: &plain_bundle,
+            pristine: &pristine,
+        },
+        Case {
+            name: "mlenv -> true (no edit)",
+            policy: Some(b.policy("plain-true", &truebin, "")),
+            bundle: &plain_bundle,
+            pristine: &pristine,
+        },
+        Case {
+            name: "mlenv -> true (limits edit)",
+            policy: Some(b.policy("limits-true", &truebin, LIMITS)),
+            bundle: &plain_bundle,
+            pristine: &pristine,
+        },
+        Case {
+            name: "mlenv -> true (1 GPU)",
+            policy: Some(b.policy("gpu-true", &truebin, &gpu_body)),
+            bundle: &gpu_bundle,
+            pristine: &gpu_pristine,
+        },
+    ];
 
     // Warm-up: page cache, inventory creation and migration.
     for i in 0..5 {
-        let id = format!("warm{i}");
-        timed(&mut create(&mlenv, Some(&no_edit), &id));
-        delete(&mlenv, Some(&no_edit), &id);
+        for (k, c) in against_runc.iter().enumerate() {
+            let bin = if c.policy.is_some() {
+                &b.mlenv
+            } else {
+                &b.runc
+            };
+            let id = format!("warm{i}-{k}");
+            timed(&mut b.create(bin, c.policy.as_deref(), c.bundle, &id, true));
+            b.delete(bin, c.policy.as_deref(), &id);
+            reset(c.bundle, c.pristine);
+        }
     }
-    let (mut t_runc, mut t_plain, mut t_limits) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut t_runc_gpu, mut t_gpu) = (Vec::new(), Vec::new());
-    let mut t_nohook = Vec::new();
+    let mut t: Vec<Vec<f64>> = vec![Vec::new(); against_runc.len()];
     for i in 0..n {
-        let id = format!("r{i}");
-        t_runc.push(timed(&mut create(&runc, None, &id)));
-        delete(&runc, None, &id);
-        let id = format!("p{i}");
-        t_plain.push(timed(&mut create(&mlenv, Some(&no_edit), &id)));
-        delete(&mlenv, Some(&no_edit), &id);
-        fs::write(&cfg, &pristine).unwrap();
-        let id = format!("n{i}");
-        t_nohook.push(timed(&mut create(&mlenv, Some(&no_hook), &id)));
-        delete(&mlenv, Some(&no_hook), &id);
-        let id = format!("l{i}");
-        t_limits.push(timed(&mut create(&mlenv, Some(&limits), &id)));
-        delete(&mlenv, Some(&limits), &id);
-        fs::write(&cfg, &pristine).unwrap();
-        let id = format!("gr{i}");
-        t_runc_gpu.push(timed(&mut create_in(&gpu_bundle, &runc, None, &id)));
-        delete(&runc, None, &id);
-        let id = format!("g{i}");
-        t_gpu.push(timed(&mut create_in(&gpu_bundle, &mlenv, Some(&gpu), &id)));
-        delete(&mlenv, Some(&gpu), &id);
-        fs::write(&gpu_cfg, &gpu_pristine).unwrap();
+        for (k, c) in against_runc.iter().enumerate() {
+            let bin = if c.policy.is_some() {
+                &b.mlenv
+            } else {
+                &b.runc
+            };
+            let id = format!("c{i}-{k}");
+            t[k].push(timed(&mut b.create(bin, c.policy.as_deref(), c.bundle, &id, true)).0);
+            b.delete(bin, c.policy.as_deref(), &id);
+            reset(c.bundle, c.pristine);
+        }
     }
-    let (mut t_true, mut t_plain_true, mut t_limits_true) = (Vec::new(), Vec::new(), Vec::new());
-    let mut t_gpu_true = Vec::new();
-    for i in 0..n {
-        let id = format!("t{i}");
-        t_true.push(timed(&mut create(&truebin, None, &id)));
-        t_plain_true.push(timed(&mut create(&mlenv, Some(&no_edit_true), &id)));
-        delete(&mlenv, Some(&no_edit_true), &id);
-        fs::write(&cfg, &pristine).unwrap();
-        t_limits_true.push(timed(&mut create(&mlenv, Some(&limits_true), &id)));
-        delete(&mlenv, Some(&limits_true), &id);
-        fs::write(&cfg, &pristine).unwrap();
-        t_gpu_true.push(timed(&mut create_in(
-            &gpu_bundle,
-            &mlenv,
-            Some(&gpu_true),
-            &id,
-        )));
-        delete(&mlenv, Some(&gpu_true), &id);
-        fs::write(&gpu_cfg, &gpu_pristine).unwrap();
+    println!("create latency against runc, {n} interleaved runs of each, with --pid-file");
+    let mut med = Vec::new();
+    for (k, c) in against_runc.iter().enumerate() {
+        med.push(stats(c.name, &t[k]));
     }
-    println!(
-        "create latency, {n} interleaved runs each ({})",
-        runc.display()
-    );
     println!("added per run, paired with the runc create just before it:");
-    paired("mlenv (no edit) - runc", &t_plain, &t_runc);
-    paired("mlenv (no edit, no hook) - runc", &t_nohook, &t_runc);
-    paired("mlenv (limits edit) - runc", &t_limits, &t_runc);
-    paired("mlenv (1 GPU) - runc", &t_gpu, &t_runc_gpu);
-    let base = stats("runc create", &mut t_runc);
-    let plain = stats("mlenv create (no edit)", &mut t_plain);
-    let lim = stats("mlenv create (limits edit)", &mut t_limits);
-    let base_gpu = stats("runc create (GPU bundle)", &mut t_runc_gpu);
-    let with_gpu = stats("mlenv create (1 GPU)", &mut t_gpu);
+    for (k, base) in [(1, 0), (2, 0), (3, 0), (5, 4)] {
+        paired(&format!("{} - runc", against_runc[k].name), &t[k], &t[base]);
+    }
     println!(
-        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms, 1 GPU {:+.3} ms",
-        plain - base,
-        lim - base,
-        with_gpu - base_gpu
+        "added at the median (p95): no edit {:+.3} ms ({:+.3}), limits edit {:+.3} ms ({:+.3}), 1 GPU {:+.3} ms ({:+.3})",
+        med[1].0 - med[0].0,
+        med[1].1 - med[0].1,
+        med[3].0 - med[0].0,
+        med[3].1 - med[0].1,
+        med[5].0 - med[4].0,
+        med[5].1 - med[4].1,
     );
     println!();
-    println!("mlenv alone, /bin/true standing in for runc");
-    paired("mlenv -> true (no edit)", &t_plain_true, &t_true);
-    paired("mlenv -> true (limits)", &t_limits_true, &t_true);
-    paired("mlenv -> true (1 GPU)", &t_gpu_true, &t_true);
-    let base = stats("/bin/true", &mut t_true);
-    let plain = stats("mlenv -> true (no edit)", &mut t_plain_true);
-    let lim = stats("mlenv -> true (limits edit)", &mut t_limits_true);
-    let with_gpu = stats("mlenv -> true (1 GPU)", &mut t_gpu_true);
+
+    let mut t: Vec<Vec<f64>> = vec![Vec::new(); standing_in.len()];
+    let mut rss: Vec<i64> = vec![0; standing_in.len()];
+    for i in 0..n {
+        for (k, c) in standing_in.iter().enumerate() {
+            let bin = if c.policy.is_some() {
+                &b.mlenv
+            } else {
+                &truebin
+            };
+            let id = format!("t{i}-{k}");
+            // No --pid-file: /bin/true writes none, so mlenv execs it.
+            let (ms, kib) = timed(&mut b.create(bin, c.policy.as_deref(), c.bundle, &id, false));
+            t[k].push(ms);
+            rss[k] = rss[k].max(kib);
+            if c.policy.is_some() {
+                b.delete(bin, c.policy.as_deref(), &id);
+                reset(c.bundle, c.pristine);
+            }
+        }
+    }
+    println!("mlenv alone, /bin/true standing in for runc ({n} interleaved runs of each)");
+    for (k, c) in standing_in.iter().enumerate() {
+        let (median, p95) = (quantile(&t[k], 0.5), quantile(&t[k], 0.95));
+        println!(
+            "{:<34} median {median:7.3} ms   p95 {p95:7.3} ms   peak RSS {:6} KiB",
+            c.name, rss[k]
+        );
+    }
+    for k in 1..standing_in.len() {
+        paired(&format!("{} - true", standing_in[k].name), &t[k], &t[0]);
+    }
+    println!();
+
+    parallel(&b, &rootfs, &pristine, 64, 5);
+    drop(work);
+}
+
+/// `at_once` creates started together, each on a bundle of its own, `rounds` times,
+/// runc and mlenv (no edit) alternating: the wall time of each burst, and the latency
+/// of each create in it.
+fn parallel(b: &Bench, rootfs: &Path, pristine: &[u8], at_once: usize, rounds: usize) {
+    let bundles: Vec<PathBuf> = (0..at_once)
+        .map(|i| {
+            let d = b.dir.join(format!("par{i}"));
+            fs::create_dir_all(&d).unwrap();
+            d
+        })
+        .collect();
+    let _ = rootfs;
+    let policy = b.policy("parallel", &b.runc, "");
+    let mut walls: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut each: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut admitted = 0;
+    for round in 0..rounds {
+        for (k, with_mlenv) in [false, true].into_iter().enumerate() {
+            let (bin, pol) = if with_mlenv {
+                (&b.mlenv, Some(policy.as_path()))
+            } else {
+                (&b.runc, None)
+            };
+            for d in &bundles {
+                fs::write(d.join("config.json"), pristine).unwrap();
+            }
+            let start = Instant::now();
+            let threads: Vec<_> = bundles
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut cmd = b.create(bin, pol, d, &format!("par{round}-{k}-{i}"), true);
+                    std::thread::spawn(move || timed(&mut cmd).0)
+                })
+                .collect();
+            for th in threads {
+                each[k].push(th.join().unwrap());
+            }
+            walls[k].push(start.elapsed().as_secs_f64() * 1e3);
+            for i in 0..at_once {
+                b.delete(bin, pol, &format!("par{round}-{k}-{i}"));
+            }
+            if with_mlenv {
+                admitted += at_once;
+            }
+        }
+    }
+    let db = rusqlite::Connection::open(b.dir.join("inventory").join("mlenv.db")).unwrap();
+    let (recorded, live): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM decisions WHERE container_id LIKE 'par%' AND decision = 'admitted'),
+                    (SELECT count(*) FROM containers WHERE ended_ms IS NULL)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    println!("{at_once} creates at once, {rounds} rounds each (wall time of the whole burst; latency of each create)");
+    for (k, name) in ["runc", "mlenv (no edit)"].iter().enumerate() {
+        println!(
+            "{name:<16} burst median {:8.1} ms   each: median {:7.1} ms  p95 {:7.1} ms  max {:7.1} ms",
+            quantile(&walls[k], 0.5),
+            quantile(&each[k], 0.5),
+            quantile(&each[k], 0.95),
+            quantile(&each[k], 1.0),
+        );
+    }
     println!(
-        "added at the median: no edit {:+.3} ms, limits edit {:+.3} ms, 1 GPU {:+.3} ms",
-        plain - base,
-        lim - base,
-        with_gpu - base
+        "mlenv: {recorded} of {admitted} creates recorded as admitted, {live} left live after the deletes"
     );
+}
+
+/// `docker run --rm IMAGE true`, --runtime=runc and --runtime=mlenv alternating, on
+/// the engine at $DOCKER_HOST (tests/bench.sh starts one with mlenv registered).
+fn docker(n: usize) {
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = rootfs(work.path());
+    let image = "mlenv-bench:busybox";
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    must(
+        Command::new("docker")
+            .args(["import", "-", image])
+            .stdin(tar.stdout.take().unwrap()),
+    );
+    assert!(tar.wait().unwrap().success());
+    let run = |runtime: &str| {
+        timed(Command::new("docker").args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &format!("--runtime={runtime}"),
+            image,
+            "true",
+        ]))
+        .0
+    };
+    for _ in 0..3 {
+        run("runc");
+        run("mlenv");
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        // Alternate which goes first, so neither always follows the other.
+        if i % 2 == 0 {
+            a.push(run("runc"));
+            b.push(run("mlenv"));
+        } else {
+            b.push(run("mlenv"));
+            a.push(run("runc"));
+        }
+    }
+    println!("docker run --rm {image} true, {n} runs each, alternating");
+    let (ra, _) = stats("--runtime=runc", &a);
+    let (rb, _) = stats("--runtime=mlenv", &b);
+    let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y / x).collect();
+    println!(
+        "ratio mlenv/runc: of the medians {:.4}; paired, median {:.4} (IQR {:.4} .. {:.4})",
+        rb / ra,
+        quantile(&ratios, 0.5),
+        quantile(&ratios, 0.25),
+        quantile(&ratios, 0.75)
+    );
+    let _ = Command::new("docker").args(["rmi", image]).output();
 }

@@ -12,7 +12,7 @@ use crate::gpu::GpuInfo;
 use crate::host::Host;
 use crate::inventory::{Decision, Inventory, InventoryError, Outcome};
 use crate::lowlevel::{self, LowLevelError};
-use crate::policy::{self, Loaded, OnError, OnInvalidPolicy, PolicyError};
+use crate::policy::{self, Loaded, OnError, PolicyError};
 use crate::runclog::RuncLog;
 use crate::spec::{Spec, SpecError};
 use std::path::{Path, PathBuf};
@@ -62,33 +62,28 @@ pub fn policy_in_force(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Lo
 fn load_policy(main: &Path, log: &mut RuncLog, now_ms: i64) -> Result<Loaded, CreateError> {
     match policy::load(main) {
         Ok(loaded) => {
-            // Best effort: a read-only inventory directory must not block creates.
-            let _ = policy::save_last_known_good(&loaded.policy);
+            // Best effort: a read-only /etc must not block creates.
+            let _ = policy::save_last_known_good(&loaded.policy, main);
             Ok(loaded)
         }
-        Err(error) => {
-            let lenient = policy::lenient(main);
-            if lenient.on_invalid_policy != Some(OnInvalidPolicy::LastKnownGood) {
-                return Err(CreateError::Policy(error));
+        Err(error) => match policy::last_known_good_fallback(main) {
+            Ok(None) => Err(CreateError::Policy(error)),
+            Ok(Some(lkg)) => {
+                log.line(
+                    "warning",
+                    &format!(
+                        "mlenv: policy invalid: {error}; using the last known good policy {}",
+                        lkg.files[0].display()
+                    ),
+                    now_ms,
+                );
+                Ok(lkg)
             }
-            match policy::load_last_known_good(&lenient.inventory()) {
-                Ok(lkg) => {
-                    log.line(
-                        "warning",
-                        &format!(
-                            "mlenv: policy invalid: {error}; using the last known good policy {}",
-                            lkg.files[0].display()
-                        ),
-                        now_ms,
-                    );
-                    Ok(lkg)
-                }
-                Err(fallback) => Err(CreateError::NoFallback {
-                    error: Box::new(error),
-                    fallback: Box::new(fallback),
-                }),
-            }
-        }
+            Err(fallback) => Err(CreateError::NoFallback {
+                error: Box::new(error),
+                fallback: Box::new(fallback),
+            }),
+        },
     }
 }
 
@@ -105,7 +100,9 @@ pub enum Mode {
 }
 
 /// Runs a create up to the hand-over: policy, edits, admission, record. Every decision
-/// that gets as far as a container id is recorded, errors included.
+/// that gets as far as a container id is recorded, errors included. An admitted
+/// container comes with the inventory still open, for [`record_init`] once the
+/// runtime has created it.
 pub fn prepare(
     inv: &Invocation,
     cwd: &Path,
@@ -113,8 +110,33 @@ pub fn prepare(
     clock: &dyn Clock,
     host: &dyn Host,
     log: &mut RuncLog,
-) -> Result<Verdict, CreateError> {
-    decide(Mode::Runtime, inv, cwd, main, clock, host, log)
+) -> Result<(Verdict, Option<Inventory>), CreateError> {
+    decide_keeping(Mode::Runtime, inv, cwd, main, clock, host, log)
+}
+
+/// After the runtime's `create` returned 0: the container's init process, from the
+/// pid file the engine asked for, recorded with its start time so that liveness is
+/// exact. Done here rather than by a `createRuntime` hook, which costs runc a process
+/// on every create (docs/benchmarks.md). Best effort: the container exists either way.
+pub fn record_init(
+    inventory: &mut Inventory,
+    container_id: &str,
+    pid_file: &Path,
+    host: &dyn Host,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read the pid file {}: {e}", pid_file.display()))?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("pid file {} holds {text:?}, not a pid", pid_file.display()))?;
+    let start = host
+        .process_start(pid)
+        .ok_or_else(|| format!("init process {pid} is already gone"))?;
+    inventory
+        .started(container_id, (pid, start))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// [`prepare`], in either mode. In hook mode nothing is written to the bundle: what
@@ -129,9 +151,22 @@ pub fn decide(
     host: &dyn Host,
     log: &mut RuncLog,
 ) -> Result<Verdict, CreateError> {
+    decide_keeping(mode, inv, cwd, main, clock, host, log).map(|(verdict, _)| verdict)
+}
+
+/// [`decide`], keeping the inventory connection of an admitted container open.
+fn decide_keeping(
+    mode: Mode,
+    inv: &Invocation,
+    cwd: &Path,
+    main: &Path,
+    clock: &dyn Clock,
+    host: &dyn Host,
+    log: &mut RuncLog,
+) -> Result<(Verdict, Option<Inventory>), CreateError> {
     let now = clock.now_ms();
     let mut loaded = match policy_in_force(main, log, now) {
-        Err(CreateError::Untrusted(e)) => return Ok(Verdict::Refused(e.to_string())),
+        Err(CreateError::Untrusted(e)) => return Ok((Verdict::Refused(e.to_string()), None)),
         other => other?,
     };
     if mode != Mode::Runtime {
@@ -224,8 +259,25 @@ pub fn decide(
         },
     };
 
-    let recorded = Inventory::open(&policy.inventory.path).and_then(|mut inventory| {
-        inventory.admit(&mut decision, track, host, |usage, d| {
+    // A corrupt inventory is moved aside and the decision made again on a new one,
+    // once; said in the decision and the log.
+    let mut opened = Inventory::open(&policy.inventory.path);
+    let mut recovered = false;
+    let recorded = loop {
+        let mut inventory = match opened {
+            Ok(i) => i,
+            Err(e) => break Err(e),
+        };
+        if let Some(aside) = &inventory.set_aside {
+            let msg = format!(
+                "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
+                policy.inventory.path.display(),
+                aside.moved_to.display()
+            );
+            log.warn(&format!("mlenv: warning: {msg}"), now);
+            notes.push(msg);
+        }
+        let admitted = inventory.admit(&mut decision, track, host, |usage, d| {
             // Stamped under the write lock: a container ended before this decision
             // is committed before it, so lease intervals never overlap in the record.
             d.time_ms = clock.now_ms();
@@ -308,9 +360,16 @@ pub fn decide(
             // dropped; limits and host thresholds are not.
             checks.iter().any(|c| !c.passed && c.kind != Kind::Host)
                 || selection.as_ref().is_some_and(|s| s.refusal.is_some())
-        })?;
-        Ok(inventory)
-    });
+        });
+        match admitted {
+            Ok(_) => break Ok(inventory),
+            Err(e) if !recovered && e.is_corrupt() => {
+                recovered = true;
+                opened = inventory.recover(e);
+            }
+            Err(e) => break Err(e),
+        }
+    };
     let mut inventory = match recorded {
         Ok(inventory) => inventory,
         Err(e) => {
@@ -324,18 +383,18 @@ pub fn decide(
                 if edits.changed {
                     spec.save()?;
                 }
-                return Ok(Verdict::Admitted { runtime });
+                return Ok((Verdict::Admitted { runtime }, None));
             }
             return Err(e.into());
         }
     };
     if decision.outcome != Outcome::Admitted {
-        return Ok(Verdict::Refused(decision.reason));
+        return Ok((Verdict::Refused(decision.reason), None));
     }
     let mut changed = edits.changed || injected.is_some();
     let mut spec = injected.unwrap_or(spec);
     if mode != Mode::Runtime {
-        return Ok(Verdict::Admitted { runtime });
+        return Ok((Verdict::Admitted { runtime }, None));
     }
     let hook = match &policy.runtime.hook {
         None => crate::lifecycle::locate(None),
@@ -358,7 +417,7 @@ pub fn decide(
             return Err(e.into());
         }
     }
-    Ok(Verdict::Admitted { runtime })
+    Ok((Verdict::Admitted { runtime }, Some(inventory)))
 }
 
 /// The GPU side of a create: the request, and for a request that needs selection the
@@ -681,6 +740,7 @@ mod tests {
             host,
             log,
         )
+        .map(|(verdict, _)| verdict)
     }
 
     fn host() -> crate::host::ProcHost {
@@ -735,12 +795,7 @@ mod tests {
         );
         assert_eq!(inv.live().unwrap().len(), 1);
         // The policy that validated is kept.
-        assert!(f
-            .dir
-            .path()
-            .join("inv")
-            .join(policy::LAST_KNOWN_GOOD)
-            .exists());
+        assert!(policy::last_known_good_path(&f.main).exists());
     }
 
     #[test]

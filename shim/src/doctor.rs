@@ -128,16 +128,29 @@ pub fn check(main: &Path, runtime_dir: &Path, engines: &EnginePaths) -> Vec<Line
             let dir = inv_path.parent().unwrap_or(Path::new("/"));
             if inv_path.exists() {
                 match crate::inventory::Inventory::open(inv_path) {
-                    Result::Ok(i) => line(
-                        Ok,
-                        "inventory",
-                        format!(
-                            "{} (schema {})",
-                            inv_path.display(),
-                            i.schema_version().unwrap_or(0)
+                    Result::Ok(i) => match crate::inventory::Inventory::set_aside_files(inv_path).last() {
+                        Some(aside) => line(
+                            Warn,
+                            "inventory",
+                            format!(
+                                "{} (schema {}); a corrupt inventory was moved aside to {}: containers running then are not counted until recreated",
+                                inv_path.display(),
+                                i.schema_version().unwrap_or(0),
+                                aside.display()
+                            ),
+                            Some("look at the old file if needed, then remove it"),
                         ),
-                        None,
-                    ),
+                        None => line(
+                            Ok,
+                            "inventory",
+                            format!(
+                                "{} (schema {})",
+                                inv_path.display(),
+                                i.schema_version().unwrap_or(0)
+                            ),
+                            None,
+                        ),
+                    },
                     Err(e) => line(
                         Fail,
                         "inventory",

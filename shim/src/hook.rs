@@ -2,7 +2,8 @@
 //!
 //! - `prestart` / `createRuntime` (the container exists, its init process waits):
 //!   for a container mlenv-runtime admitted, records the init process and its start
-//!   time, so liveness is exact. For any other container — mlenv-hook installed alone
+//!   time, so liveness is exact (mlenv-runtime now records it itself; specs it wrote
+//!   before still name the hook here). For any other container — mlenv-hook installed alone
 //!   in podman's or CRI-O's hooks directory — it decides admission (security rules,
 //!   limits, thresholds, quotas, GPU leases) and refuses by exiting non-zero with the
 //!   reason on stderr.

@@ -1,7 +1,13 @@
-//! The wrapper's side of mlenv-hook: where the hook binary is, and the two hooks it
-//! adds to an admitted container's spec — `createRuntime` (records the init process,
-//! so liveness is exact) and `poststop` (ends the container, releasing its leases).
-//! Every hook the engine put there stays, in its order; mlenv's come after them.
+//! The wrapper's side of mlenv-hook: where the hook binary is, and the hook it adds to
+//! an admitted container's spec: `poststop`, which ends the container and releases
+//! its leases even when something deletes it past mlenv-runtime. Every hook the
+//! engine put there stays, in its order; mlenv's comes after them.
+//!
+//! The init process is recorded by mlenv-runtime itself once `runc create` returns
+//! ([`crate::create::record_init`]), not by a `createRuntime` hook: a hook is a
+//! process that runc starts inside every create, 1.4 to 2.6 ms (docs/benchmarks.md).
+//! mlenv-hook still records it at `createRuntime` when a spec from an older
+//! mlenv-runtime names it there, and when it runs alone from a hooks directory.
 
 use crate::spec::{Spec, SpecError};
 use serde_json::{json, Value};
@@ -41,14 +47,10 @@ fn entry(hook: &Path, stage: &str, config: Option<&Path>) -> Value {
     e
 }
 
-/// Adds mlenv's hooks after the engine's. Idempotent. Returns whether the spec
+/// Adds mlenv's hook after the engine's. Idempotent. Returns whether the spec
 /// changed.
 pub fn inject(spec: &mut Spec, hook: &Path, config: Option<&Path>) -> Result<bool, SpecError> {
-    let mut changed = false;
-    for stage in ["createRuntime", "poststop"] {
-        changed |= spec.push_unique(&["hooks"], stage, entry(hook, stage, config))?;
-    }
-    Ok(changed)
+    spec.push_unique(&["hooks"], "poststop", entry(hook, "poststop", config))
 }
 
 #[cfg(test)]
@@ -72,11 +74,12 @@ mod tests {
         // Docker's prestart hooks (NVIDIA's, libnetwork's) untouched, in order.
         assert_eq!(hooks["prestart"], original["hooks"]["prestart"]);
         assert_eq!(
-            hooks["createRuntime"],
-            json!([{"path": "/usr/bin/mlenv-hook", "args": ["mlenv-hook", "createRuntime", "--recorded"],
+            hooks["poststop"],
+            json!([{"path": "/usr/bin/mlenv-hook", "args": ["mlenv-hook", "poststop", "--recorded"],
                     "env": ["MLENV_CONFIG=/etc/x/mlenv.toml"]}])
         );
-        assert_eq!(hooks["poststop"][0]["args"][1], "poststop");
+        // No hook inside runc's create: the wrapper records the init process itself.
+        assert!(hooks.get("createRuntime").is_none());
         // Everything outside hooks kept.
         let mut a = s.json.clone();
         let mut b = original.clone();

@@ -95,10 +95,22 @@ pub fn exec(runtime: &Path, args: &[OsString]) -> LowLevelError {
 }
 
 /// Runs the low-level runtime as a child with the original argv and returns its exit
-/// code (128 + signal when it was killed).
+/// code (128 + signal when it was killed). The child dies with this process: an engine
+/// that kills the runtime it called (a timeout) kills the real one, as it would
+/// without mlenv in between.
 pub fn run(runtime: &Path, args: &[OsString]) -> Result<i32, LowLevelError> {
     use std::os::unix::process::ExitStatusExt;
-    let status = Command::new(runtime)
+    let mut cmd = Command::new(runtime);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd
         .args(args)
         .status()
         .map_err(|source| LowLevelError::Wait {

@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_MAIN: &str = "/etc/mlenv/mlenv.toml";
 /// Where the inventory lives when the policy does not say.
 pub const DEFAULT_INVENTORY: &str = "/var/lib/mlenv/mlenv.db";
-/// File name of the last policy that validated, beside the inventory.
-pub const LAST_KNOWN_GOOD: &str = "policy.last-known-good.toml";
+/// Suffix of the last policy that validated, kept beside the main file
+/// (`/etc/mlenv/mlenv.toml.last-known-good`): found even when the main file is
+/// garbage and so cannot say where anything else is. Not read as a drop-in.
+pub const LAST_KNOWN_GOOD: &str = ".last-known-good";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,9 +55,8 @@ pub struct RuntimeSection {
     /// The low-level runtime; unset: the first of runc, crun on the search path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// mlenv-hook, added to every admitted container's createRuntime and poststop
-    /// hooks; unset: found beside mlenv-runtime or in /usr/local/bin, /usr/bin;
-    /// `false`: not added.
+    /// mlenv-hook, added to every admitted container's poststop hooks; unset: found
+    /// beside mlenv-runtime or in /usr/local/bin, /usr/bin; `false`: not added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hook: Option<Switch<PathBuf>>,
 }
@@ -682,18 +683,40 @@ pub fn lenient(main: &Path) -> Lenient {
     out
 }
 
-/// The last-known-good copy beside an inventory file.
-pub fn last_known_good_path(inventory: &Path) -> PathBuf {
-    inventory
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .join(LAST_KNOWN_GOOD)
+/// The last-known-good copy of the policy whose main file is `main`.
+pub fn last_known_good_path(main: &Path) -> PathBuf {
+    let mut name = main.as_os_str().to_owned();
+    name.push(LAST_KNOWN_GOOD);
+    PathBuf::from(name)
 }
 
-/// Keeps `policy` as the last known good one, if it differs from what is kept. Written
-/// atomically; failures are returned for the caller to log, never fatal.
-pub fn save_last_known_good(policy: &Policy) -> io::Result<()> {
-    let path = last_known_good_path(&policy.inventory.path);
+/// The policy to use instead of an invalid one at `main`: `Ok(None)` when the policy
+/// does not say to fall back, the last-known-good copy when it does. What the files
+/// say is read leniently; when they say nothing readable (the main file is garbage),
+/// the copy's own `on_invalid_policy` decides.
+pub fn last_known_good_fallback(main: &Path) -> Result<Option<Loaded>, PolicyError> {
+    let configured = lenient(main).on_invalid_policy;
+    if configured == Some(OnInvalidPolicy::Refuse) {
+        return Ok(None);
+    }
+    match load_last_known_good(main) {
+        Ok(l)
+            if configured.is_some()
+                || l.policy.on_invalid_policy == OnInvalidPolicy::LastKnownGood =>
+        {
+            Ok(Some(l))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if configured.is_some() => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Keeps `policy`, read from `main`, as the last known good one, if it differs from
+/// what is kept. Written atomically; failures are returned for the caller to log,
+/// never fatal.
+pub fn save_last_known_good(policy: &Policy, main: &Path) -> io::Result<()> {
+    let path = last_known_good_path(main);
     let text = policy.to_toml();
     if fs::read_to_string(&path).is_ok_and(|old| old == text) {
         return Ok(());
@@ -703,9 +726,9 @@ pub fn save_last_known_good(policy: &Policy) -> io::Result<()> {
     crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600)
 }
 
-/// Reads the last-known-good policy kept beside `inventory`.
-pub fn load_last_known_good(inventory: &Path) -> Result<Loaded, PolicyError> {
-    let path = last_known_good_path(inventory);
+/// Reads the last-known-good copy of the policy at `main`.
+pub fn load_last_known_good(main: &Path) -> Result<Loaded, PolicyError> {
+    let path = last_known_good_path(main);
     let text = match read(&path)? {
         Some(t) => t,
         None => {
@@ -1109,18 +1132,52 @@ cdi_spec_dirs = ["/etc/cdi"]
     #[test]
     fn last_known_good_round_trip() {
         let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("mlenv.toml");
         let mut p = Policy::default();
         p.inventory.path = dir.path().join("inv/mlenv.db");
         p.limits.max_memory = Some(ByteSize(1 << 30));
-        save_last_known_good(&p).unwrap();
-        let l = load_last_known_good(&p.inventory.path).unwrap();
+        save_last_known_good(&p, &main).unwrap();
+        assert!(dir.path().join("mlenv.toml.last-known-good").is_file());
+        let l = load_last_known_good(&main).unwrap();
         assert_eq!(l.policy, p);
         // Unchanged: no rewrite (same modification time is not guaranteed, content is).
-        save_last_known_good(&p).unwrap();
-        let err = load_last_known_good(&dir.path().join("none/mlenv.db")).unwrap_err();
+        save_last_known_good(&p, &main).unwrap();
+        let err = load_last_known_good(&dir.path().join("none.toml")).unwrap_err();
         assert!(
             err.to_string().contains("no last-known-good policy"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_fallback_is_found_when_the_main_file_is_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("mlenv.toml");
+        let mut p = Policy::default();
+        p.inventory.path = dir.path().join("elsewhere/mlenv.db");
+        // Garbage, and a copy that does not say to fall back: refuse.
+        fs::write(&main, "[gpu\n]]] garbage").unwrap();
+        save_last_known_good(&p, &main).unwrap();
+        assert!(last_known_good_fallback(&main).unwrap().is_none());
+        // A copy that says to fall back: used, inventory path and all.
+        p.on_invalid_policy = OnInvalidPolicy::LastKnownGood;
+        save_last_known_good(&p, &main).unwrap();
+        let l = last_known_good_fallback(&main).unwrap().unwrap();
+        assert_eq!(l.policy.inventory.path, p.inventory.path);
+        // What the files say wins when it can be read.
+        fs::write(
+            &main,
+            "on_invalid_policy = \"refuse\"\n[limits]\nbogus = 1\n",
+        )
+        .unwrap();
+        assert!(last_known_good_fallback(&main).unwrap().is_none());
+        // Asked for, but none kept: an error to show.
+        let other = dir.path().join("other.toml");
+        fs::write(
+            &other,
+            "on_invalid_policy = \"last-known-good\"\n[limits]\nbogus = 1\n",
+        )
+        .unwrap();
+        assert!(last_known_good_fallback(&other).is_err());
     }
 }

@@ -54,13 +54,11 @@ impl Spec {
         Ok(Spec { path, json })
     }
 
-    /// Writes the spec back atomically (temporary file in the bundle, rename; no fsync:
-    /// see [`crate::fsutil::replace`]),
-    /// keeping the file's mode.
+    /// Writes the spec back in place ([`crate::fsutil::overwrite`]): the file keeps
+    /// its inode, owner, mode and labels.
     pub fn save(&self) -> Result<(), SpecError> {
         let bytes = serde_json::to_vec(&self.json).expect("a JSON tree always serializes");
-        let mode = crate::fsutil::mode_of(&self.path, 0o600);
-        crate::fsutil::replace(&self.path, &bytes, mode).map_err(|source| SpecError::Write {
+        crate::fsutil::overwrite(&self.path, &bytes).map_err(|source| SpecError::Write {
             path: self.path.clone(),
             source,
         })

@@ -61,6 +61,8 @@ pub struct InventoryStatus {
     pub size_bytes: u64,
     pub live: usize,
     pub decisions: u64,
+    /// Corrupt inventories moved aside beside it, oldest first.
+    pub set_aside: Vec<PathBuf>,
 }
 
 pub fn gather(main: &Path, host: &dyn Host) -> Status {
@@ -82,11 +84,7 @@ pub fn gather(main: &Path, host: &dyn Host) -> Status {
                 (_, Err(e)) => e.to_string(),
                 _ => unreachable!("one of them failed"),
             };
-            let lenient = policy::lenient(main);
-            let fallback = (lenient.on_invalid_policy
-                == Some(policy::OnInvalidPolicy::LastKnownGood))
-            .then(|| policy::load_last_known_good(&lenient.inventory()).ok())
-            .flatten();
+            let fallback = policy::last_known_good_fallback(main).ok().flatten();
             match fallback {
                 Some(l) => {
                     let s = PolicyStatus {
@@ -166,6 +164,7 @@ pub fn gather(main: &Path, host: &dyn Host) -> Status {
                 .unwrap_or(0),
             live: i.live().map_err(e)?.len(),
             decisions: i.outcome_counts().map_err(e)?.values().sum(),
+            set_aside: Inventory::set_aside_files(&inventory_path),
             path: inventory_path.clone(),
         })
     });
@@ -289,6 +288,13 @@ pub fn render(s: &Status) -> String {
                 i.live,
                 i.decisions
             );
+            for f in &i.set_aside {
+                let _ = writeln!(
+                    o,
+                    "inventory  warning: a corrupt inventory was moved aside to {}; containers running then are not counted until recreated; remove it once looked at",
+                    f.display()
+                );
+            }
         }
         Err(e) => {
             let _ = writeln!(o, "inventory  {e}");

@@ -10,14 +10,14 @@ use std::process::Command;
 /// A GPU host in a directory: the test NVML library (as libnvidia-ml.so.1, reading
 /// fake-nvml.json beside it, since the runtime does not inherit the tests'
 /// environment) and device nodes nvidia0..N-1, nvidiactl, nvidia-uvm.
-struct GpuHost {
+pub(crate) struct GpuHost {
     _dir: tempfile::TempDir,
     lib: PathBuf,
     dev: PathBuf,
 }
 
 impl GpuHost {
-    fn new(gpus_json: &str, count: u32) -> GpuHost {
+    pub(crate) fn new(gpus_json: &str, count: u32) -> GpuHost {
         let dir = tempfile::tempdir().unwrap();
         let lib = fake_nvml(&dir.path().join("nvml"), gpus_json);
         let dev = dir.path().join("dev");
@@ -72,7 +72,7 @@ impl GpuHost {
     }
 
     /// The `[gpu]` section for this host.
-    fn policy(&self, inject: &str) -> String {
+    pub(crate) fn policy(&self, inject: &str) -> String {
         format!(
             "[gpu]\nnvml_library = {:?}\ninject = \"{inject}\"\ndevice_dir = {:?}\n",
             self.lib, self.dev
@@ -80,7 +80,7 @@ impl GpuHost {
     }
 }
 
-fn uuid(i: u32) -> String {
+pub(crate) fn uuid(i: u32) -> String {
     format!("GPU-{0}{0}{0}{0}{0}{0}{0}{0}-{0}{0}{0}{0}-{0}{0}{0}{0}-{0}{0}{0}{0}-{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}{0}", i)
 }
 

@@ -9,6 +9,7 @@ mod admission;
 mod cli;
 mod containerd;
 mod docker;
+mod faults;
 mod gpu;
 mod install;
 mod package;

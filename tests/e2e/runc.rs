@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// A bundle over the shared busybox rootfs (read-only), from `runc spec`.
-fn bundle(dir: &Path, args: &[&str], resources: Value) {
+pub(crate) fn bundle(dir: &Path, args: &[&str], resources: Value) {
     fs::create_dir_all(dir).unwrap();
     ok(Command::new("runc").args(["spec", "--bundle"]).arg(dir));
     let path = dir.join("config.json");
@@ -22,14 +22,14 @@ fn bundle(dir: &Path, args: &[&str], resources: Value) {
     fs::write(&path, serde_json::to_string(&spec).unwrap()).unwrap();
 }
 
-struct Rt<'a> {
+pub(crate) struct Rt<'a> {
     policy: &'a Policy,
     state: std::path::PathBuf,
-    log: std::path::PathBuf,
+    pub(crate) log: std::path::PathBuf,
 }
 
 impl<'a> Rt<'a> {
-    fn new(policy: &'a Policy) -> Rt<'a> {
+    pub(crate) fn new(policy: &'a Policy) -> Rt<'a> {
         Rt {
             policy,
             state: policy.dir.path().join("state"),
@@ -38,7 +38,7 @@ impl<'a> Rt<'a> {
     }
 
     /// mlenv-runtime with the global flags containerd's shim passes.
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(RUNTIME);
         c.env("MLENV_CONFIG", &self.policy.main)
             .arg("--root")
@@ -52,7 +52,7 @@ impl<'a> Rt<'a> {
 
     /// `create --bundle B --pid-file P ID` as an engine calls it, every stream
     /// closed (the container's init would hold a pipe open).
-    fn create_detached(&self, bundle: &Path, pid_file: &Path, id: &str) {
+    pub(crate) fn create_detached(&self, bundle: &Path, pid_file: &Path, id: &str) {
         ok(self
             .cmd(&[
                 "create",
@@ -67,7 +67,7 @@ impl<'a> Rt<'a> {
             .stderr(Stdio::null()));
     }
 
-    fn status(&self, id: &str) -> Option<String> {
+    pub(crate) fn status(&self, id: &str) -> Option<String> {
         let o = run(&mut self.cmd(&["state", id]));
         if !o.status.success() {
             return None;
@@ -77,7 +77,7 @@ impl<'a> Rt<'a> {
     }
 
     /// Polls runc's state until the container is stopped, 10 s at most.
-    fn wait_stopped(&self, id: &str) -> bool {
+    pub(crate) fn wait_stopped(&self, id: &str) -> bool {
         for _ in 0..200 {
             if self.status(id).as_deref() == Some("stopped") {
                 return true;
@@ -87,7 +87,7 @@ impl<'a> Rt<'a> {
         false
     }
 
-    fn last_log_error(&self) -> String {
+    pub(crate) fn last_log_error(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap();
         let line = text
             .lines()
@@ -303,32 +303,40 @@ fn killed_container_stops_counting() {
     assert!(policy.live().is_empty());
 }
 
-/// mlenv-runtime adds mlenv-hook after the spec's own hooks: at createRuntime it
-/// records the container's init process; at poststop (run by runc's delete, even one
-/// that bypasses mlenv) it ends the container.
+/// mlenv-runtime records the container's init process from runc's pid file once the
+/// create returns, and adds mlenv-hook after the spec's own hooks at poststop (run by
+/// runc's delete, even one that bypasses mlenv), which ends the container.
 #[test]
-fn the_hook_records_the_init_process_and_ends_the_container() {
+fn the_init_process_is_recorded_and_the_hook_ends_the_container() {
     if !require("runc_hook", &["runc"], &[]) {
         return;
     }
     let policy = Policy::write(None, "");
     let b = policy.dir.path().join("bundle");
     bundle(&b, &["sleep", "600"], json!({}));
-    // An engine's own hook stays, first.
+    // An engine's own hooks stay, first.
     let path = b.join("config.json");
     let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    spec["hooks"] = json!({"createRuntime": [{"path": "/bin/true", "args": ["true"]}]});
+    spec["hooks"] = json!({
+        "createRuntime": [{"path": "/bin/true", "args": ["true"]}],
+        "poststop": [{"path": "/bin/true", "args": ["true", "engine"]}],
+    });
     fs::write(&path, spec.to_string()).unwrap();
     let rt = Rt::new(&policy);
     let id = "e2e-hooked";
     let pid_file = policy.dir.path().join("init.pid");
     rt.create_detached(&b, &pid_file, id);
     let written: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    let create_hooks = written["hooks"]["createRuntime"].as_array().unwrap();
-    assert_eq!(create_hooks[0]["path"], "/bin/true");
+    // Nothing of mlenv's runs inside runc's create.
     assert_eq!(
-        create_hooks[1]["args"],
-        json!(["mlenv-hook", "createRuntime", "--recorded"])
+        written["hooks"]["createRuntime"],
+        spec["hooks"]["createRuntime"]
+    );
+    let poststop = written["hooks"]["poststop"].as_array().unwrap();
+    assert_eq!(poststop[0]["args"], json!(["true", "engine"]));
+    assert_eq!(
+        poststop[1]["args"],
+        json!(["mlenv-hook", "poststop", "--recorded"])
     );
     let pid: u64 = fs::read_to_string(&pid_file)
         .unwrap()

@@ -181,8 +181,9 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         }
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    match create::prepare(inv, &cwd, main, &clock, &ProcHost::default(), &mut log) {
-        Ok(Verdict::Admitted { runtime })
+    let host = ProcHost::default();
+    match create::prepare(inv, &cwd, main, &clock, &host, &mut log) {
+        Ok((Verdict::Admitted { runtime }, _))
             if inv.subcommand.as_deref() == Some("run") && !inv.detach =>
         {
             // A foreground run removes its container when it exits, with no delete
@@ -197,11 +198,28 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
                 Err(e) => log.error(&format!("mlenv: {e}"), clock.now_ms()),
             }
         }
-        Ok(Verdict::Admitted { runtime }) => {
+        // The engine asked for a pid file (Docker, containerd, podman and CRI-O all
+        // do): wait for the runtime, then record the init process it names.
+        Ok((Verdict::Admitted { runtime }, Some(mut inventory))) if inv.pid_file.is_some() => {
+            match lowlevel::run(&runtime, args) {
+                Ok(code) => {
+                    if let (0, Some(id), Some(pid_file)) = (code, &inv.container_id, &inv.pid_file)
+                    {
+                        let pid_file = cwd.join(pid_file);
+                        if let Err(e) = create::record_init(&mut inventory, id, &pid_file, &host) {
+                            eprintln!("mlenv: warning: container created, but its init process is not recorded: {e}");
+                        }
+                    }
+                    exit(code)
+                }
+                Err(e) => log.error(&format!("mlenv: {e}"), clock.now_ms()),
+            }
+        }
+        Ok((Verdict::Admitted { runtime }, _)) => {
             let err = lowlevel::exec(&runtime, args);
             log.error(&format!("mlenv: {err}"), clock.now_ms());
         }
-        Ok(Verdict::Refused(reason)) => {
+        Ok((Verdict::Refused(reason), _)) => {
             log.error(&format!("mlenv: refused: {reason}"), clock.now_ms())
         }
         Err(e) => log.error(&format!("mlenv: {e}"), clock.now_ms()),

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every benchmark of docs/benchmarks.md, in one command, as root on a machine with
+# runc, busybox-static and docker.io (tests/install-deps.sh):
+#
+#   bash tests/bench.sh [N]      # N runs per case (default 200)
+#
+# 1. create latency of mlenv-runtime against runc, with and without a GPU request,
+#    mlenv's own cost and peak RSS, 64 creates at once    (examples/bench_create.rs)
+# 2. decision time against inventory size                (benches/decide.rs, criterion)
+# 3. `docker run` wall time through mlenv against runc, on a dockerd of its own
+#    (tests/e2e-env.sh with the release binaries)
+# The soak is a test: MLENV_SOAK=1000 cargo test -p mlenv --test e2e soak (see docs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-200}
+cargo build --release --workspace --bins --examples
+echo "== create latency (bench_create $n)"
+target/release/examples/bench_create "$n"
+echo
+echo "== decision time against inventory size (cargo bench -p mlenv --bench decide)"
+cargo bench -p mlenv --bench decide 2>&1 | grep -E '^decide/|time:'
+echo
+echo "== docker run (bench_create docker $((n / 2)))"
+export MLENV_BIN_DIR=$PWD/target/release
+trap 'tests/e2e-env.sh stop >/dev/null' EXIT
+tests/e2e-env.sh start >/dev/null
+source /run/mlenv-e2e/env
+DOCKER_HOST=$MLENV_E2E_DOCKER_HOST target/release/examples/bench_create docker "$((n / 2))"
