@@ -320,12 +320,7 @@ impl Inventory {
     /// aside ([`Inventory::set_aside`]) and a new inventory made in its place.
     pub fn open(path: &Path) -> Result<Inventory, InventoryError> {
         match Inventory::open_as_is(path) {
-            Err(e) if e.is_corrupt() => {
-                let moved = Inventory::move_aside(path, None)?;
-                let mut inv = Inventory::open_as_is(path)?;
-                inv.set_aside = moved;
-                Ok(inv)
-            }
+            Err(e) if e.is_corrupt() => Inventory::start_again(path, None),
             other => other,
         }
     }
@@ -341,8 +336,14 @@ impl Inventory {
             conn, path, ino, ..
         } = self;
         drop(conn);
-        let moved = Inventory::move_aside(&path, ino)?;
-        let mut inv = Inventory::open_as_is(&path)?;
+        Inventory::start_again(&path, ino)
+    }
+
+    /// Moves the corrupt file aside ([`Inventory::move_aside`]) and opens a new
+    /// inventory in its place, saying what was moved.
+    fn start_again(path: &Path, ino: Option<(u64, u64)>) -> Result<Inventory, InventoryError> {
+        let moved = Inventory::move_aside(path, ino)?;
+        let mut inv = Inventory::open_as_is(path)?;
         inv.set_aside = moved;
         Ok(inv)
     }

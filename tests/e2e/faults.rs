@@ -88,15 +88,7 @@ fn killed_mid_create_leaks_no_lease() {
 
     fs::write(&block, "").unwrap();
     fs::write(b.join("config.json"), &gpu_spec).unwrap();
-    let mut create = rt
-        .cmd(&["create", "--bundle", b.to_str().unwrap(), "--pid-file"])
-        .arg(&pid_file)
-        .arg("killed")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut create = rt.create_cmd(&b, &pid_file, "killed").spawn().unwrap();
     until("the runtime to block", || blocked.exists());
     let runtime_pid: i32 = fs::read_to_string(&blocked)
         .unwrap()
@@ -127,15 +119,7 @@ fn killed_mid_create_leaks_no_lease() {
     for i in 0..20u64 {
         fs::write(b.join("config.json"), &gpu_spec).unwrap();
         let id = format!("random{i}");
-        let mut c = rt
-            .cmd(&["create", "--bundle", b.to_str().unwrap(), "--pid-file"])
-            .arg(&pid_file)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut c = rt.create_cmd(&b, &pid_file, &id).spawn().unwrap();
         // The injection point: 0 to 9.5 ms into the create.
         std::thread::sleep(Duration::from_micros((i * 7919) % 20 * 500));
         let _ = c.kill();
@@ -526,16 +510,7 @@ fn policy_replaced_by_garbage_while_containers_start() {
         for i in 0..30 {
             fs::write(b.join("config.json"), &pristine).unwrap();
             let id = format!("flip{i}");
-            // Every stream closed: the container's init would hold a pipe open.
-            let created = rt
-                .cmd(&["create", "--bundle", b.to_str().unwrap(), "--pid-file"])
-                .arg(&pid_file)
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
+            let created = rt.create_cmd(&b, &pid_file, &id).status().unwrap();
             if created.success() {
                 admitted += 1;
                 ok(&mut rt.cmd(&["start", &id]));

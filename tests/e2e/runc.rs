@@ -52,19 +52,24 @@ impl<'a> Rt<'a> {
 
     /// `create --bundle B --pid-file P ID` as an engine calls it, every stream
     /// closed (the container's init would hold a pipe open).
-    pub(crate) fn create_detached(&self, bundle: &Path, pid_file: &Path, id: &str) {
-        ok(self
-            .cmd(&[
-                "create",
-                "--bundle",
-                bundle.to_str().unwrap(),
-                "--pid-file",
-                pid_file.to_str().unwrap(),
-                id,
-            ])
-            .stdin(Stdio::null())
+    pub(crate) fn create_cmd(&self, bundle: &Path, pid_file: &Path, id: &str) -> Command {
+        let mut c = self.cmd(&[
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ]);
+        c.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null()));
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// [`Rt::create_cmd`], which must succeed.
+    pub(crate) fn create_detached(&self, bundle: &Path, pid_file: &Path, id: &str) {
+        ok(&mut self.create_cmd(bundle, pid_file, id));
     }
 
     pub(crate) fn status(&self, id: &str) -> Option<String> {
