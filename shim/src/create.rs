@@ -397,9 +397,9 @@ fn decide_keeping(
         return Ok((Verdict::Admitted { runtime }, None));
     }
     let hook = match &policy.runtime.hook {
-        None => crate::lifecycle::locate(None),
-        Some(crate::units::Switch::On(p)) => Some(p.clone()),
-        Some(crate::units::Switch::Off) => None,
+        policy::HookSetting::Off => None,
+        policy::HookSetting::Found => crate::lifecycle::locate(),
+        policy::HookSetting::At(p) => Some(p.clone()),
     };
     if let Some(hook) = hook {
         let main = cwd.join(main);
@@ -640,6 +640,9 @@ fn edit(
     Ok((spec, edits))
 }
 
+/// The end reason of an admitted container the low-level runtime then failed to create.
+pub const NOT_CREATED: &str = "not created: the runtime failed";
+
 /// After a successful `delete` (or a foreground `run` that returned), the container no
 /// longer counts. Best effort: a broken policy or inventory must never make a delete
 /// fail.
@@ -649,27 +652,94 @@ pub fn record_end(
     clock: &dyn Clock,
     reason: &str,
 ) -> Result<(), String> {
-    let Some(id) = &inv.container_id else {
+    // Read leniently: a policy broken since the create still names its inventory.
+    let Some(mut ending) = Ending::open(inv, &policy::lenient(main))? else {
         return Ok(());
     };
-    // Read leniently: a policy broken since the create still names its inventory.
-    let lenient = policy::lenient(main);
-    let path = lenient.inventory();
-    if !path.exists() {
-        return Ok(());
-    }
-    let root = inv.root.as_ref().map(|r| r.display().to_string());
-    let mut inventory = Inventory::open(&path).map_err(|e| e.to_string())?;
-    inventory
-        .end(id, root.as_deref(), clock.now_ms(), reason)
-        .map_err(|e| e.to_string())?;
-    // Retention, where nobody waits: a delete. A failure here is not a failed end.
-    if let Some(days) = lenient.retention() {
-        if let Err(e) = inventory.prune_if_due(clock.now_ms(), days) {
-            eprintln!("mlenv: warning: old decisions not pruned: {e}");
-        }
+    ending.record(clock.now_ms(), reason)?;
+    if let Some(due) = ending.close() {
+        due.run(clock.now_ms());
     }
     Ok(())
+}
+
+/// The bookkeeping of a delete, in steps: [`Ending::open`] while the runtime deletes
+/// (opening the inventory is most of the cost), [`Ending::record`] once it has
+/// succeeded, so that the delete waits only for the write; and, when
+/// [`Ending::close`] says it is due, [`Housekeeping`], which nobody need wait for.
+pub struct Ending {
+    inventory: Inventory,
+    id: String,
+    root: Option<String>,
+    retention_days: Option<u32>,
+}
+
+impl Ending {
+    /// `None`: nothing to end in (no container id, or no inventory was ever made).
+    pub fn open(inv: &Invocation, lenient: &policy::Lenient) -> Result<Option<Ending>, String> {
+        let Some(id) = &inv.container_id else {
+            return Ok(None);
+        };
+        let path = lenient.inventory();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let inventory = Inventory::open(&path).map_err(|e| e.to_string())?;
+        Ok(Some(Ending {
+            inventory,
+            id: id.clone(),
+            root: inv.root.as_ref().map(|r| r.display().to_string()),
+            retention_days: lenient.retention(),
+        }))
+    }
+
+    pub fn record(&mut self, now_ms: i64, reason: &str) -> Result<(), String> {
+        self.inventory
+            .end(&self.id, self.root.as_deref(), now_ms, reason)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Closes the inventory, and says what housekeeping is due: some once the WAL
+    /// has grown enough to checkpoint (about every other container, as a create and
+    /// its end write some 14 pages).
+    pub fn close(self) -> Option<Housekeeping> {
+        self.inventory.settle_due().then(|| Housekeeping {
+            path: self.inventory.path().to_path_buf(),
+            retention_days: self.retention_days,
+        })
+    }
+}
+
+/// Retention (old decisions pruned) and a checkpoint of the WAL, on a connection of
+/// its own (mlenv-runtime runs it in a process of its own, after the delete).
+pub struct Housekeeping {
+    path: PathBuf,
+    retention_days: Option<u32>,
+}
+
+impl Housekeeping {
+    /// Best effort: a failure here is not a failed end, and a later delete tries
+    /// again.
+    pub fn run(&self, now_ms: i64) {
+        // Never made again here: whoever removed it meant it.
+        if !self.path.exists() {
+            return;
+        }
+        let mut inventory = match Inventory::open(&self.path) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("mlenv: warning: inventory housekeeping skipped: {e}");
+                return;
+            }
+        };
+        if let Some(days) = self.retention_days {
+            if let Err(e) = inventory.prune_if_due(now_ms, days) {
+                eprintln!("mlenv: warning: old decisions not pruned: {e}");
+            }
+        }
+        inventory.settle(true);
+    }
 }
 
 #[cfg(test)]
@@ -922,6 +992,43 @@ mod tests {
         record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap();
         let db = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         assert!(db.live().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_delete_leaves_the_checkpoint_to_housekeeping_when_due() {
+        let f = fixture("", spec());
+        let wal = f.dir.path().join("inv/mlenv.db-wal");
+        let wal_bytes = || fs::metadata(&wal).unwrap().len();
+        let lenient = policy::lenient(&f.main);
+        let mut log = RuncLog::stderr_only();
+        let mut cycle = |id: &str| {
+            run_create(&f, id, &host(), &mut log).unwrap();
+            let del = scan(&["--root", "/run/r", "delete", id].map(OsString::from));
+            let mut ending = Ending::open(&del, &lenient).unwrap().unwrap();
+            ending.record(9, "deleted").unwrap();
+            ending.close()
+        };
+        // The first create wrote the schema: the WAL is long, and the end leaves it so.
+        let due = cycle("h1").expect("housekeeping due after the schema's pages");
+        assert!(wal_bytes() > crate::inventory::WAL_SETTLE_BYTES);
+        due.run(10);
+        assert!(
+            wal_bytes() <= crate::inventory::WAL_SETTLE_BYTES,
+            "{}",
+            wal_bytes()
+        );
+        // A short WAL is left as it is.
+        assert!(cycle("h2").is_none());
+        let db = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
+        assert!(db.live().unwrap().is_empty());
+        assert!(db.find("h1").unwrap().is_some() && db.find("h2").unwrap().is_some());
+        // Nothing to end in: no inventory made yet.
+        let none = policy::Lenient {
+            inventory_path: Some(f.dir.path().join("elsewhere/mlenv.db")),
+            ..Default::default()
+        };
+        let del = scan(&["delete", "h3"].map(OsString::from));
+        assert!(Ending::open(&del, &none).unwrap().is_none());
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub fn run(
             }
             let mut inv = Inventory::open(&inventory_path)?;
             let n = inv.end_any(&state.id, clock.now_ms(), "stopped (poststop hook)")?;
+            inv.settle(true);
             Ok(Outcome::Ended(n))
         }
         Stage::Create => {

@@ -481,27 +481,43 @@ impl Inventory {
         Ok(())
     }
 
+    /// The WAL's size in bytes (0 when there is none).
+    fn wal_bytes(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether [`settle`](Self::settle)`(true)` would checkpoint: the WAL is past
+    /// [`WAL_SETTLE_BYTES`]. A delete then leaves the work to a process of its own,
+    /// after it has returned.
+    pub fn settle_due(&self) -> bool {
+        self.wal_bytes() > WAL_SETTLE_BYTES
+    }
+
     /// Checkpoints the WAL into the database and truncates it once it has grown past
-    /// [`WAL_CHECKPOINT_BYTES`] (`force`: deletes and other calls nobody waits on,
-    /// past [`WAL_SETTLE_BYTES`]). Best effort: a checkpoint that cannot run now (a
+    /// [`WAL_CHECKPOINT_BYTES`] (`force`: housekeeping nobody waits on, past
+    /// [`WAL_SETTLE_BYTES`]). Best effort: a checkpoint that cannot run now (a
     /// reader holds old frames) is taken by a later call.
     ///
     /// After a forced checkpoint, one page is written at once: the first write to an
     /// empty WAL syncs its new header (two fsyncs), and that belongs here, not in the
     /// next create.
     pub fn settle(&mut self, force: bool) {
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        let size = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         let limit = if force {
             WAL_SETTLE_BYTES
         } else {
             WAL_CHECKPOINT_BYTES
         };
-        if size <= limit {
+        if self.wal_bytes() <= limit {
             return;
         }
+        // PASSIVE first: the copy into the database and its fsyncs, without holding
+        // off writers. TRUNCATE then blocks new writers only for what came since.
         // (busy, frames in the WAL, frames checkpointed): busy 0 and the WAL emptied.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         let done = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
@@ -680,7 +696,6 @@ impl Inventory {
             )
             .map_err(|e| ("ending the container", e))
         })?;
-        self.settle(true);
         Ok(n)
     }
 
@@ -1529,7 +1544,7 @@ mod tests {
     }
 
     #[test]
-    fn wal_is_checkpointed_on_delete_and_when_large() {
+    fn wal_is_checkpointed_when_settled_and_when_large() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mlenv.db");
         let wal = dir.path().join("mlenv.db-wal");
@@ -1540,9 +1555,14 @@ mod tests {
             .record(&decision("a", 1, Outcome::Admitted))
             .unwrap();
         assert!(size() > 0);
-        // A delete leaves a short WAL as it is...
+        // Settling (a delete's housekeeping) folds the schema's first pages in...
         let mut inv = Inventory::open(&path).unwrap();
+        assert!(inv.settle_due());
+        inv.settle(true);
+        // ...leaves a short WAL as it is...
         inv.end("a", Some("/run/r"), 2, "deleted").unwrap();
+        assert!(!inv.settle_due());
+        inv.settle(true);
         assert!(size() > 0 && size() <= WAL_SETTLE_BYTES);
         // ...and folds a longer one into the database, leaving one page behind: the
         // WAL restarted with its header synced, so the next create appends to it.
@@ -1552,6 +1572,9 @@ mod tests {
         }
         assert!(size() > WAL_SETTLE_BYTES);
         inv.end("b0", Some("/run/r"), 3, "deleted").unwrap();
+        assert!(inv.settle_due(), "an end alone does not checkpoint");
+        inv.settle(true);
+        assert!(!inv.settle_due());
         let page: i64 = inv
             .conn
             .pragma_query_value(None, "page_size", |r| r.get(0))

@@ -1,7 +1,12 @@
 //! The wrapper's side of mlenv-hook: where the hook binary is, and the hook it adds to
-//! an admitted container's spec: `poststop`, which ends the container and releases
-//! its leases even when something deletes it past mlenv-runtime. Every hook the
-//! engine put there stays, in its order; mlenv's comes after them.
+//! an admitted container's spec when `[runtime] hook` asks for it: `poststop`, which
+//! ends the container and releases its leases even when something deletes it past
+//! mlenv-runtime. Every hook the engine put there stays, in its order; mlenv's comes
+//! after them.
+//!
+//! Off by default: every delete through mlenv-runtime ends the container itself, and
+//! one deleted past it is found gone by its init process at the next capacity check.
+//! The hook is a process runc starts inside every delete (docs/benchmarks.md).
 //!
 //! The init process is recorded by mlenv-runtime itself once `runc create` returns
 //! ([`crate::create::record_init`]), not by a `createRuntime` hook: a hook is a
@@ -15,16 +20,13 @@ use std::path::{Path, PathBuf};
 
 pub const HOOK_NAME: &str = "mlenv-hook";
 
-/// Where the hook is looked for when `[runtime] hook` is unset: beside the running
+/// Where the hook is looked for with `[runtime] hook = true`: beside the running
 /// binary first (an install keeps them together), then the usual bin directories.
 const HOOK_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin"];
 
-/// The hook binary: the configured path, else the first found. `None` when there is
-/// none (the container is still admitted; liveness falls back to runtime state).
-pub fn locate(configured: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = configured {
-        return Some(p.to_path_buf());
-    }
+/// The first hook binary found. `None` when there is none (the container is still
+/// admitted, and ended as without the hook).
+pub fn locate() -> Option<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join(HOOK_NAME)));

@@ -71,6 +71,17 @@ pub fn check(host: &dyn Host, t: &Tracked) -> Liveness {
     }
 }
 
+/// Whether the runtime under `root` has no state left for `id`, so that a delete of
+/// it has nothing to end: runc, crun and youki all keep `<root>/<id>/`. `false` when
+/// unsure (an id that is not a plain name, a directory that cannot be read).
+pub fn state_gone(root: &Path, id: &str) -> bool {
+    if id.is_empty() || id == "." || id == ".." || id.contains('/') {
+        return false;
+    }
+    matches!(std::fs::symlink_metadata(root.join(id)),
+             Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +169,18 @@ mod tests {
             let refs: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
             let (_d, host) = fixture(&refs);
             assert_eq!(check(&host, &t), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn state_gone_only_when_the_state_directory_is() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("c1")).unwrap();
+        assert!(!state_gone(root.path(), "c1"));
+        assert!(state_gone(root.path(), "c2"));
+        assert!(state_gone(&root.path().join("never-made"), "c1"));
+        for unsure in ["", ".", "..", "a/b"] {
+            assert!(!state_gone(root.path(), unsure), "{unsure:?}");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 /// Where runc and crun are looked for when the policy names none. Fixed, not $PATH:
 /// engines call the runtime with whatever PATH they have, and the choice must not
@@ -95,11 +95,16 @@ pub fn exec(runtime: &Path, args: &[OsString]) -> LowLevelError {
 }
 
 /// Runs the low-level runtime as a child with the original argv and returns its exit
-/// code (128 + signal when it was killed). The child dies with this process: an engine
-/// that kills the runtime it called (a timeout) kills the real one, as it would
-/// without mlenv in between.
+/// code (128 + signal when it was killed). See [`spawn`].
 pub fn run(runtime: &Path, args: &[OsString]) -> Result<i32, LowLevelError> {
-    use std::os::unix::process::ExitStatusExt;
+    wait(runtime, spawn(runtime, args)?)
+}
+
+/// Starts the low-level runtime as a child with the original argv, for a caller with
+/// work to do while it runs. The child dies with this process: an engine that kills
+/// the runtime it called (a timeout) kills the real one, as it would without mlenv in
+/// between.
+pub fn spawn(runtime: &Path, args: &[OsString]) -> Result<Child, LowLevelError> {
     let mut cmd = Command::new(runtime);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -110,13 +115,21 @@ pub fn run(runtime: &Path, args: &[OsString]) -> Result<i32, LowLevelError> {
             Ok(())
         });
     }
-    let status = cmd
-        .args(args)
-        .status()
-        .map_err(|source| LowLevelError::Wait {
+    cmd.args(args)
+        .spawn()
+        .map_err(|source| LowLevelError::Exec {
             path: runtime.to_path_buf(),
             source,
-        })?;
+        })
+}
+
+/// Waits for a child of [`spawn`]: its exit code, 128 + signal when it was killed.
+pub fn wait(runtime: &Path, mut child: Child) -> Result<i32, LowLevelError> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = child.wait().map_err(|source| LowLevelError::Wait {
+        path: runtime.to_path_buf(),
+        source,
+    })?;
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))

@@ -55,10 +55,64 @@ pub struct RuntimeSection {
     /// The low-level runtime; unset: the first of runc, crun on the search path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// mlenv-hook, added to every admitted container's poststop hooks; unset: found
-    /// beside mlenv-runtime or in /usr/local/bin, /usr/bin; `false`: not added.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hook: Option<Switch<PathBuf>>,
+    /// Whether mlenv-hook is added to admitted containers' poststop hooks.
+    #[serde(skip_serializing_if = "HookSetting::is_off")]
+    pub hook: HookSetting,
+}
+
+/// `[runtime] hook`: `false` (the default) adds no hook, since every delete through
+/// mlenv-runtime ends the container itself and a container deleted past it is found
+/// gone by its init process; `true` adds mlenv-hook found beside mlenv-runtime or in
+/// /usr/local/bin, /usr/bin; a path adds that binary. The hook is a process runc
+/// starts in every delete: 2 to 3 ms of `docker run` (docs/benchmarks.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum HookSetting {
+    #[default]
+    Off,
+    Found,
+    At(PathBuf),
+}
+
+impl HookSetting {
+    pub fn is_off(&self) -> bool {
+        *self == HookSetting::Off
+    }
+}
+
+impl Serialize for HookSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HookSetting::Off => s.serialize_bool(false),
+            HookSetting::Found => s.serialize_bool(true),
+            HookSetting::At(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HookSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HookSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or the path of mlenv-hook")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<HookSetting, E> {
+                Ok(if v {
+                    HookSetting::Found
+                } else {
+                    HookSetting::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HookSetting, E> {
+                if v.is_empty() {
+                    return Err(E::custom("an empty path: write true, false, or a path"));
+                }
+                Ok(HookSetting::At(PathBuf::from(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -772,10 +826,43 @@ mod tests {
 
     /// Every key the code accepts is documented in docs/policy.md, under its table.
     #[test]
+    fn hook_setting_reads_and_writes_back() {
+        type Row = (&'static str, Result<HookSetting, &'static str>);
+        let rows: Vec<Row> = vec![
+            ("", Ok(HookSetting::Off)),
+            ("hook = false", Ok(HookSetting::Off)),
+            ("hook = true", Ok(HookSetting::Found)),
+            (
+                "hook = \"/opt/mlenv/bin/mlenv-hook\"",
+                Ok(HookSetting::At(PathBuf::from("/opt/mlenv/bin/mlenv-hook"))),
+            ),
+            ("hook = \"\"", Err("an empty path")),
+            ("hook = 1", Err("true, false, or the path of mlenv-hook")),
+        ];
+        for (text, want) in rows {
+            let got = toml::from_str::<RuntimeSection>(text);
+            match want {
+                Ok(w) => {
+                    let got = got.unwrap();
+                    assert_eq!(got.hook, w, "{text}");
+                    let again: RuntimeSection =
+                        toml::from_str(&toml::to_string(&got).unwrap()).unwrap();
+                    assert_eq!(again, got, "{text} written back");
+                }
+                Err(w) => {
+                    let e = got.unwrap_err().to_string();
+                    assert!(e.contains(w), "{text}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn reference_documents_every_key() {
         let doc = include_str!("../../docs/policy.md");
         let mut full = Policy::default();
         full.runtime.path = Some(PathBuf::from("/x"));
+        full.runtime.hook = HookSetting::Found;
         full.limits.default_memory = Some(ByteSize(1));
         full.limits.max_memory = Some(ByteSize(1));
         full.limits.default_swap = Some(ByteSize(1));

@@ -308,62 +308,116 @@ fn killed_container_stops_counting() {
     assert!(policy.live().is_empty());
 }
 
+/// A container mlenv admitted but runc then failed to create is ended at once: it holds
+/// nothing, says why in the inventory, and the engine's delete after it still passes.
+#[test]
+fn a_create_the_runtime_fails_is_ended_at_once() {
+    if !require("runc_create_fails", &["runc"], &[]) {
+        return;
+    }
+    let policy = Policy::write(None, "");
+    let b = policy.dir.path().join("bundle");
+    bundle(&b, &["true"], json!({}));
+    let path = b.join("config.json");
+    let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    spec["root"]["path"] = json!(policy.dir.path().join("no-such-rootfs"));
+    fs::write(&path, spec.to_string()).unwrap();
+    let rt = Rt::new(&policy);
+    let id = "e2e-not-created";
+    let status = rt
+        .create_cmd(&b, &policy.dir.path().join("init.pid"), id)
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    assert!(policy.live().is_empty(), "{:?}", policy.live());
+    let db = rusqlite::Connection::open(&policy.inventory).unwrap();
+    let (decision, reason): (String, String) = db
+        .query_row(
+            "SELECT d.decision, c.end_reason FROM containers c JOIN decisions d ON d.id = c.decision_id
+             WHERE c.container_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (decision.as_str(), reason.as_str()),
+        ("admitted", "not created: the runtime failed")
+    );
+    ok(&mut rt.cmd(&["delete", "--force", id]));
+}
+
 /// mlenv-runtime records the container's init process from runc's pid file once the
-/// create returns, and adds mlenv-hook after the spec's own hooks at poststop (run by
-/// runc's delete, even one that bypasses mlenv), which ends the container.
+/// create returns. By default it adds no hook: the spec's hooks are as the engine wrote
+/// them, and the delete through mlenv ends the container. With `[runtime] hook = true`
+/// it adds mlenv-hook after the spec's own hooks at poststop (run by runc's delete,
+/// even one that bypasses mlenv), which ends the container.
 #[test]
 fn the_init_process_is_recorded_and_the_hook_ends_the_container() {
     if !require("runc_hook", &["runc"], &[]) {
         return;
     }
-    let policy = Policy::write(None, "");
-    let b = policy.dir.path().join("bundle");
-    bundle(&b, &["sleep", "600"], json!({}));
-    // An engine's own hooks stay, first.
-    let path = b.join("config.json");
-    let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    spec["hooks"] = json!({
-        "createRuntime": [{"path": "/bin/true", "args": ["true"]}],
-        "poststop": [{"path": "/bin/true", "args": ["true", "engine"]}],
-    });
-    fs::write(&path, spec.to_string()).unwrap();
-    let rt = Rt::new(&policy);
-    let id = "e2e-hooked";
-    let pid_file = policy.dir.path().join("init.pid");
-    rt.create_detached(&b, &pid_file, id);
-    let written: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    // Nothing of mlenv's runs inside runc's create.
-    assert_eq!(
-        written["hooks"]["createRuntime"],
-        spec["hooks"]["createRuntime"]
-    );
-    let poststop = written["hooks"]["poststop"].as_array().unwrap();
-    assert_eq!(poststop[0]["args"], json!(["true", "engine"]));
-    assert_eq!(
-        poststop[1]["args"],
-        json!(["mlenv-hook", "poststop", "--recorded"])
-    );
-    let pid: u64 = fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let live = policy.live();
-    assert_eq!(live.len(), 1);
-    assert_eq!(live[0]["pid"], pid, "{live:?}");
-
-    // Deleted by runc itself, not through mlenv: the poststop hook ends it.
-    ok(Command::new("runc")
-        .arg("--root")
-        .arg(policy.dir.path().join("state"))
-        .args(["delete", "--force", id]));
-    let db = rusqlite::Connection::open(&policy.inventory).unwrap();
-    let reason: String = db
-        .query_row(
+    let end_reason = |policy: &Policy, id: &str| -> String {
+        let db = rusqlite::Connection::open(&policy.inventory).unwrap();
+        db.query_row(
             "SELECT end_reason FROM containers WHERE container_id = ?1",
             [id],
             |r| r.get(0),
         )
-        .unwrap();
-    assert_eq!(reason, "stopped (poststop hook)");
+        .unwrap()
+    };
+    // An engine's own hooks stay, first.
+    let engine_hooks = json!({
+        "createRuntime": [{"path": "/bin/true", "args": ["true"]}],
+        "poststop": [{"path": "/bin/true", "args": ["true", "engine"]}],
+    });
+    for (body, id) in [
+        ("", "e2e-plain"),
+        ("[runtime]\nhook = true\n", "e2e-hooked"),
+    ] {
+        let policy = Policy::write(None, body);
+        let b = policy.dir.path().join("bundle");
+        bundle(&b, &["sleep", "600"], json!({}));
+        let path = b.join("config.json");
+        let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        spec["hooks"] = engine_hooks.clone();
+        fs::write(&path, spec.to_string()).unwrap();
+        let rt = Rt::new(&policy);
+        let pid_file = policy.dir.path().join("init.pid");
+        rt.create_detached(&b, &pid_file, id);
+        let written: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        let pid: u64 = fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let live = policy.live();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0]["pid"], pid, "{live:?}");
+        if body.is_empty() {
+            assert_eq!(
+                written["hooks"], engine_hooks,
+                "no hook of mlenv's by default"
+            );
+            ok(&mut rt.cmd(&["delete", "--force", id]));
+            assert_eq!(end_reason(&policy, id), "deleted");
+            continue;
+        }
+        // Nothing of mlenv's runs inside runc's create.
+        assert_eq!(
+            written["hooks"]["createRuntime"],
+            engine_hooks["createRuntime"]
+        );
+        let poststop = written["hooks"]["poststop"].as_array().unwrap();
+        assert_eq!(poststop[0]["args"], json!(["true", "engine"]));
+        assert_eq!(
+            poststop[1]["args"],
+            json!(["mlenv-hook", "poststop", "--recorded"])
+        );
+        // Deleted by runc itself, not through mlenv: the poststop hook ends it.
+        ok(Command::new("runc")
+            .arg("--root")
+            .arg(policy.dir.path().join("state"))
+            .args(["delete", "--force", id]));
+        assert_eq!(end_reason(&policy, id), "stopped (poststop hook)");
+    }
 }

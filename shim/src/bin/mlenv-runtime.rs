@@ -25,9 +25,8 @@ fn main() {
 
 /// The runtime for calls that do not load the policy: `[runtime] path` read leniently,
 /// so that a broken policy never breaks exec, stop, kill or delete.
-fn lenient_runtime(inv: &argv::Invocation, main: &std::path::Path) -> PathBuf {
-    let configured = policy::lenient(main).runtime_path;
-    match lowlevel::locate(configured.as_deref()) {
+fn lenient_runtime(inv: &argv::Invocation, lenient: &policy::Lenient) -> PathBuf {
+    match lowlevel::locate(lenient.runtime_path.as_deref()) {
         Ok(p) => p,
         Err(e) => fail(inv, &format!("mlenv: {e}")),
     }
@@ -41,26 +40,84 @@ fn fail(inv: &argv::Invocation, msg: &str) -> ! {
 }
 
 fn passthrough(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
-    let runtime = lenient_runtime(inv, main);
-    let err = lowlevel::exec(&runtime, args);
+    handover(inv, args, &lenient_runtime(inv, &policy::lenient(main)))
+}
+
+fn handover(inv: &argv::Invocation, args: &[OsString], runtime: &std::path::Path) -> ! {
+    let err = lowlevel::exec(runtime, args);
     fail(inv, &format!("mlenv: {err}"))
 }
 
 fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
-    let runtime = lenient_runtime(inv, main);
-    // The runtime first, the bookkeeping after: a broken inventory never fails a delete.
-    let code = match lowlevel::run(&runtime, args) {
+    let lenient = policy::lenient(main);
+    let runtime = lenient_runtime(inv, &lenient);
+    // Engines delete twice (containerd: `delete`, then `delete --force`); the second
+    // finds nothing left to end, and is handed over as any other call.
+    if let (Some(root), Some(id)) = (&inv.root, &inv.container_id) {
+        if mlenv::liveness::state_gone(root, id) {
+            handover(inv, args, &runtime);
+        }
+    }
+    // The runtime first, the bookkeeping after: a broken inventory never fails a
+    // delete. The inventory is opened while the runtime deletes.
+    let child = match lowlevel::spawn(&runtime, args) {
+        Ok(c) => c,
+        Err(e) => fail(inv, &format!("mlenv: {e}")),
+    };
+    let ending = create::Ending::open(inv, &lenient);
+    let code = match lowlevel::wait(&runtime, child) {
         Ok(code) => code,
         Err(e) => fail(inv, &format!("mlenv: {e}")),
     };
-    if code == 0 {
-        if let Err(e) = create::record_end(inv, main, &SystemClock, "deleted") {
+    if code != 0 {
+        exit(code);
+    }
+    let due = match ending {
+        Ok(Some(mut ending)) => {
+            if let Err(e) = ending.record(SystemClock.now_ms(), "deleted") {
+                eprintln!(
+                    "mlenv: warning: container deleted, but not marked ended in the inventory: {e}"
+                );
+            }
+            ending.close()
+        }
+        Ok(None) => None,
+        Err(e) => {
             eprintln!(
                 "mlenv: warning: container deleted, but not marked ended in the inventory: {e}"
             );
+            None
         }
+    };
+    if let Some(due) = due {
+        after_exit(|| due.run(SystemClock.now_ms()));
     }
     exit(code)
+}
+
+/// Runs `work` in a child of its own while this process exits at once: a checkpoint
+/// nobody needs to wait for, not even `docker run --rm`, which waits for the delete.
+/// The child lets go of the engine's pipes (it waits for them to close) and of its
+/// terminal. Where fork fails, the work is done here.
+fn after_exit(work: impl FnOnce()) {
+    // SAFETY: this process is single-threaded, and holds no SQLite connection now
+    // (the child opens its own); the child only calls async-signal-safe functions
+    // before it runs `work`, and leaves with _exit.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+            }
+            libc::setsid();
+            work();
+            libc::_exit(0)
+        },
+        -1 => work(),
+        _ => {}
+    }
 }
 
 /// `exec` with capabilities beyond `[security] allowed_capabilities` (`docker exec
@@ -165,8 +222,7 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
             );
         }
     }
-    let err = lowlevel::exec(&runtime, args);
-    fail(inv, &format!("mlenv: {err}"))
+    handover(inv, args, &runtime)
 }
 
 fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
@@ -203,12 +259,29 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         Ok((Verdict::Admitted { runtime }, Some(mut inventory))) if inv.pid_file.is_some() => {
             match lowlevel::run(&runtime, args) {
                 Ok(code) => {
-                    if let (0, Some(id), Some(pid_file)) = (code, &inv.container_id, &inv.pid_file)
-                    {
-                        let pid_file = cwd.join(pid_file);
-                        if let Err(e) = create::record_init(&mut inventory, id, &pid_file, &host) {
-                            eprintln!("mlenv: warning: container created, but its init process is not recorded: {e}");
+                    match (code, &inv.container_id, &inv.pid_file) {
+                        (0, Some(id), Some(pid_file)) => {
+                            let pid_file = cwd.join(pid_file);
+                            if let Err(e) =
+                                create::record_init(&mut inventory, id, &pid_file, &host)
+                            {
+                                eprintln!("mlenv: warning: container created, but its init process is not recorded: {e}");
+                            }
                         }
+                        // Nothing was created, and the engine's delete will find
+                        // nothing: the admission ends here.
+                        (_, Some(id), _) => {
+                            let root = inv.root.as_ref().map(|r| r.display().to_string());
+                            if let Err(e) = inventory.end(
+                                id,
+                                root.as_deref(),
+                                clock.now_ms(),
+                                create::NOT_CREATED,
+                            ) {
+                                eprintln!("mlenv: warning: container not created, but not marked ended in the inventory: {e}");
+                            }
+                        }
+                        _ => {}
                     }
                     exit(code)
                 }
