@@ -6,8 +6,10 @@
 #
 # 1. create latency of mlenv-runtime against runc, with and without a GPU request,
 #    mlenv's own cost and peak RSS, 64 creates at once    (examples/bench_create.rs)
-# 2. decision time against inventory size                (benches/decide.rs, criterion)
-# 3. `docker run` wall time through mlenv against runc, on a dockerd of its own
+# 2. every call of one container's life as an engine makes them (create, start,
+#    delete, delete --force), runc against mlenv-runtime  (bench_create calls)
+# 3. decision time against inventory size                (benches/decide.rs, criterion)
+# 4. `docker run` wall time through mlenv against runc, on a dockerd of its own
 #    (tests/e2e-env.sh with the release binaries)
 # The soak is a test: MLENV_SOAK=1000 cargo test -p mlenv --test e2e soak (see docs).
 set -euo pipefail
@@ -17,12 +19,15 @@ cargo build --release --workspace --bins --examples
 echo "== create latency (bench_create $n)"
 target/release/examples/bench_create "$n"
 echo
+echo "== the calls of one container (bench_create calls $n)"
+target/release/examples/bench_create calls "$n"
+echo
 echo "== decision time against inventory size (cargo bench -p mlenv --bench decide)"
 cargo bench -p mlenv --bench decide 2>&1 | grep -E '^decide/|time:'
 echo
-echo "== docker run (bench_create docker $((n / 2)))"
+echo "== docker run (bench_create docker $n)"
 export MLENV_BIN_DIR=$PWD/target/release
 trap 'tests/e2e-env.sh stop >/dev/null' EXIT
 tests/e2e-env.sh start >/dev/null
 source /run/mlenv-e2e/env
-DOCKER_HOST=$MLENV_E2E_DOCKER_HOST target/release/examples/bench_create docker "$((n / 2))"
+DOCKER_HOST=$MLENV_E2E_DOCKER_HOST target/release/examples/bench_create docker "$n"

@@ -4,6 +4,8 @@
 //!
 //!     bench_create [N]          create latency, mlenv's own cost and peak RSS, and
 //!                               64 creates at once
+//!     bench_create calls [N]    each call of one container's life (create, start,
+//!                               delete, delete --force), runc against mlenv-runtime
 //!     bench_create docker [N]   `docker run --rm` wall time, --runtime=runc against
 //!                               --runtime=mlenv, on the engine at $DOCKER_HOST
 //!
@@ -125,6 +127,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("docker") => docker(args.get(1).map_or(100, |n| n.parse().unwrap())),
+        Some("calls") => calls(args.get(1).map_or(100, |n| n.parse().unwrap())),
         n => creates(n.map_or(200, |n| n.parse().unwrap())),
     }
 }
@@ -168,9 +171,13 @@ impl Bench {
         c
     }
 
+    /// A delete, and the housekeeping it leaves to a process of its own (a WAL
+    /// checkpoint every few containers): waited for, so that it does not run into the
+    /// next timed create. Its cost is timed in `bench_create calls`.
     fn delete(&self, bin: &Path, policy: Option<&Path>, id: &str) {
         must(self.cmd(bin, policy).args(["delete", "--force", id]));
         let _ = fs::remove_file(self.dir.join(format!("{id}.pid")));
+        reap_orphans();
     }
 
     /// The delete of a container mlenv handed to /bin/true: with the state directory
@@ -224,7 +231,20 @@ fn bundle(runc: &Path, dir: &Path, rootfs: &Path, env: &[&str]) -> Vec<u8> {
     pristine
 }
 
-fn creates(n: usize) {
+/// Waits for every process left to this one: mlenv-runtime's housekeeping child,
+/// which the bench, a subreaper, inherits once its parent has exited. Only called
+/// when no child of its own is running.
+fn reap_orphans() {
+    // SAFETY: waitpid on any child, with no status wanted.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0 {}
+}
+
+/// The bench's work directory and the binaries it compares. The bench becomes a
+/// subreaper (as containerd's shim is), so that it can wait for what mlenv-runtime
+/// leaves running after a delete.
+fn setup() -> (Bench, tempfile::TempDir) {
+    // SAFETY: a flag on this process.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
     let exe = std::env::current_exe().unwrap();
     let bin_dir = exe.parent().unwrap().parent().unwrap();
     let mlenv = bin_dir.join("mlenv-runtime");
@@ -245,6 +265,91 @@ fn creates(n: usize) {
         state: work.path().join("state"),
         log: work.path().join("log.json"),
     };
+    (b, work)
+}
+
+/// Every call an engine makes for one container, as containerd's shim makes them for
+/// `docker run --rm` (create with --pid-file, start, delete, delete --force), each
+/// timed, runc and mlenv-runtime (no edit) alternating: where a `docker run` spends
+/// what mlenv adds, without the engine's own spread.
+fn calls(n: usize) {
+    let (b, work) = setup();
+    let rootfs = rootfs(&b.dir);
+    let bundle_dir = b.dir.join("bundle");
+    let pristine = bundle(&b.runc, &bundle_dir, &rootfs, &[]);
+    let policy = b.policy("plain", &b.runc, "");
+    const NAMES: [&str; 4] = ["create", "start", "delete", "delete --force"];
+    let mut t: [Vec<[f64; 5]>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..n + 5 {
+        for (k, with_mlenv) in [false, true].into_iter().enumerate() {
+            let (bin, pol) = if with_mlenv {
+                (&b.mlenv, Some(policy.as_path()))
+            } else {
+                (&b.runc, None)
+            };
+            let id = format!("call{i}-{k}");
+            fs::write(bundle_dir.join("config.json"), &pristine).unwrap();
+            let call = |args: &[&str]| {
+                let mut c = b.cmd(bin, pol);
+                c.arg("--log")
+                    .arg(&b.log)
+                    .args(["--log-format", "json"])
+                    .args(args);
+                timed(&mut c).0
+            };
+            let pid_file = b.dir.join(format!("{id}.pid"));
+            let create = call(&[
+                "create",
+                "--bundle",
+                bundle_dir.to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                &id,
+            ]);
+            let start = call(&["start", &id]);
+            // `true` exits at once; the engine deletes once it has seen it exit.
+            loop {
+                let out = b.cmd(&b.runc, None).args(["state", &id]).output().unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("\"stopped\"") {
+                    break;
+                }
+            }
+            let delete = call(&["delete", &id]);
+            // What the delete left running (a checkpoint every few containers).
+            let after = Instant::now();
+            reap_orphans();
+            let housekeeping = after.elapsed().as_secs_f64() * 1e3;
+            let force = call(&["delete", "--force", &id]);
+            let _ = fs::remove_file(&pid_file);
+            if i >= 5 {
+                t[k].push([create, start, delete, force, housekeeping]);
+            }
+        }
+    }
+    println!("the calls of one container, as containerd's shim makes them, {n} interleaved runs");
+    for (c, name) in NAMES.iter().enumerate() {
+        let runc: Vec<f64> = t[0].iter().map(|r| r[c]).collect();
+        let ours: Vec<f64> = t[1].iter().map(|r| r[c]).collect();
+        println!(
+            "{name:<15} runc median {:7.3} ms   mlenv median {:7.3} ms",
+            quantile(&runc, 0.5),
+            quantile(&ours, 0.5)
+        );
+        paired(&format!("  {name}: mlenv - runc"), &ours, &runc);
+    }
+    let sum = |k: usize| -> Vec<f64> { t[k].iter().map(|r| r[..4].iter().sum()).collect() };
+    paired("all four: mlenv - runc", &sum(1), &sum(0));
+    let hk: Vec<f64> = t[1].iter().map(|r| r[4]).collect();
+    println!(
+        "mlenv's housekeeping still running once its delete returned (a checkpoint every few containers, off the engine's path): waited p75 {:.3} ms, max {:.3} ms",
+        quantile(&hk, 0.75),
+        quantile(&hk, 1.0)
+    );
+    drop(work);
+}
+
+fn creates(n: usize) {
+    let (b, work) = setup();
     let dir = &b.dir;
     let rootfs = rootfs(dir);
     let plain_bundle = dir.join("bundle");
@@ -259,7 +364,7 @@ fn creates(n: usize) {
         .map(|i| format!(r#"{{"uuid": "GPU-{i:08}-0000-0000-0000-000000000000", "minor": {i}}}"#))
         .collect();
     let nvml = mlenv::gpu::install_fake_nvml(
-        bin_dir,
+        b.mlenv.parent().unwrap(),
         &dir.join("nvml"),
         &format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
     )
