@@ -110,6 +110,11 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// `--root` as the inventory keeps it (a container id is live per runtime root).
+    pub fn root_text(&self) -> Option<String> {
+        self.root.as_ref().map(|r| r.display().to_string())
+    }
+
     /// The bundle directory, resolved against `cwd`; runc's default is the current
     /// directory.
     pub fn bundle_dir(&self, cwd: &Path) -> PathBuf {

@@ -192,7 +192,7 @@ fn decide_keeping(
     let bundle = inv.bundle_dir(cwd);
 
     let mut decision = Decision::new(now, &id, &bundle);
-    decision.root = inv.root.as_ref().map(|r| r.display().to_string());
+    decision.root = inv.root_text();
     let (spec, mut edits) = match edit(&bundle, policy, &mut decision) {
         Ok(done) => done,
         Err(e) => {
@@ -688,7 +688,7 @@ impl Ending {
         Ok(Some(Ending {
             inventory,
             id: id.clone(),
-            root: inv.root.as_ref().map(|r| r.display().to_string()),
+            root: inv.root_text(),
             retention_days: lenient.retention(),
         }))
     }
@@ -701,8 +701,8 @@ impl Ending {
     }
 
     /// Closes the inventory, and says what housekeeping is due: some once the WAL
-    /// has grown enough to checkpoint (about every other container, as a create and
-    /// its end write some 14 pages).
+    /// has grown past [`crate::inventory::WAL_SETTLE_BYTES`] (about every tenth
+    /// container, as a create and its end write some 12 pages).
     pub fn close(self) -> Option<Housekeeping> {
         self.inventory.settle_due().then(|| Housekeeping {
             path: self.inventory.path().to_path_buf(),

@@ -278,14 +278,7 @@ fn inventory_locked_by_another_writer() {
     assert!(policy.live().is_empty(), "{:?}", policy.live());
 
     // on_error = "admit": admitted, said, and kept beside the inventory.
-    fs::write(
-        &policy.main,
-        format!(
-            "{}\n[admission]\non_error = \"admit\"\n",
-            fs::read_to_string(&policy.main).unwrap()
-        ),
-    )
-    .unwrap();
+    policy.append("\n[admission]\non_error = \"admit\"\n");
     let mut holder = rusqlite::Connection::open(&policy.inventory).unwrap();
     let tx = holder
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -426,14 +419,7 @@ fn disk_full_under_the_inventory() {
     );
 
     // on_error = "admit": admitted, said in the log.
-    fs::write(
-        &policy.main,
-        format!(
-            "{}\n[admission]\non_error = \"admit\"\n",
-            fs::read_to_string(&policy.main).unwrap()
-        ),
-    )
-    .unwrap();
+    policy.append("\n[admission]\non_error = \"admit\"\n");
     rt.create_detached(&b2, &pid_file, "admitted-full");
     let log = fs::read_to_string(&rt.log).unwrap();
     assert!(

@@ -215,6 +215,13 @@ impl Policy {
         }
     }
 
+    /// Adds `text` at the end of the main policy file.
+    pub fn append(&self, text: &str) {
+        let mut body = fs::read_to_string(&self.main).unwrap();
+        body.push_str(text);
+        fs::write(&self.main, body).unwrap();
+    }
+
     /// The admin CLI reading this policy.
     pub fn cli(&self, args: &[&str]) -> String {
         ok(Command::new(CLI).env("MLENV_CONFIG", &self.main).args(args))

@@ -99,20 +99,19 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     if code != 0 {
         exit(code);
     }
+    let not_ended = |e: String| {
+        eprintln!("mlenv: warning: container deleted, but not marked ended in the inventory: {e}")
+    };
     let due = match ending {
         Ok(Some(mut ending)) => {
             if let Err(e) = ending.record(SystemClock.now_ms(), "deleted") {
-                eprintln!(
-                    "mlenv: warning: container deleted, but not marked ended in the inventory: {e}"
-                );
+                not_ended(e);
             }
             ending.close()
         }
         Ok(None) => None,
         Err(e) => {
-            eprintln!(
-                "mlenv: warning: container deleted, but not marked ended in the inventory: {e}"
-            );
+            not_ended(e);
             None
         }
     };
@@ -298,10 +297,9 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
                         // Nothing was created, and the engine's delete will find
                         // nothing: the admission ends here.
                         (_, Some(id), _) => {
-                            let root = inv.root.as_ref().map(|r| r.display().to_string());
                             if let Err(e) = inventory.end(
                                 id,
-                                root.as_deref(),
+                                inv.root_text().as_deref(),
                                 clock.now_ms(),
                                 create::NOT_CREATED,
                             ) {
