@@ -10,7 +10,8 @@
 #    delete, delete --force), runc against mlenv-runtime  (bench_create calls)
 # 3. decision time against inventory size                (benches/decide.rs, criterion)
 # 4. `docker run` wall time through mlenv against runc, on a dockerd of its own
-#    (tests/e2e-env.sh with the release binaries)
+#    (tests/e2e-env.sh with the release binaries), then each call dockerd makes,
+#    timed where it makes it (examples/call_timer.rs)
 # The soak is a test: MLENV_SOAK=1000 cargo test -p mlenv --test e2e soak (see docs).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -39,6 +39,8 @@ start() {
         exit 1
     fi
     stop quiet
+    # Drop-ins a test run left behind would change the baseline below.
+    rm -rf "$run/policy/conf.d"
     mkdir -p "$run/policy" "$run/bin" "$data"
     cat >"$run/bin/nvidia-container-runtime-hook" <<'HOOK'
 #!/bin/sh
@@ -55,9 +57,21 @@ path = "$run/inventory/mlenv.db"
 max_load_per_cpu = false
 max_psi_cpu = false
 TOML
+    # With the call_timer example built (tests/bench.sh builds it): runtimes
+    # "timed-runc" and "timed-mlenv", which time each call the engine makes.
+    local timed=$run/timed extra=""
+    rm -rf "$timed"
+    if [ -x "$bin/examples/call_timer" ]; then
+        mkdir -p "$timed"
+        ln -s "$(command -v runc)" "$timed/runc"
+        ln -s "$bin/mlenv-runtime" "$timed/mlenv-runtime"
+        cp "$bin/examples/call_timer" "$timed/timed-runc"
+        cp "$bin/examples/call_timer" "$timed/timed-mlenv-runtime"
+        extra=", \"timed-runc\": { \"path\": \"$timed/timed-runc\" }, \"timed-mlenv\": { \"path\": \"$timed/timed-mlenv-runtime\" }"
+    fi
     cat >"$run/daemon.json" <<JSON
 {
-  "runtimes": { "mlenv": { "path": "$bin/mlenv-runtime" } },
+  "runtimes": { "mlenv": { "path": "$bin/mlenv-runtime" }$extra },
   "default-runtime": "mlenv"
 }
 JSON
@@ -77,6 +91,7 @@ export MLENV_E2E_DOCKER_HOST=unix://$run/docker.sock
 export MLENV_E2E_CONTAINERD=$run/containerd.sock
 export MLENV_E2E_POLICY=$policy
 ENV
+    if [ -n "$extra" ]; then echo "export MLENV_E2E_TIMED=$timed" >>"$run/env"; fi
     cat "$run/env"
 }
 

@@ -7,7 +7,9 @@
 //!     bench_create calls [N]    each call of one container's life (create, start,
 //!                               delete, delete --force), runc against mlenv-runtime
 //!     bench_create docker [N]   `docker run --rm` wall time, --runtime=runc against
-//!                               --runtime=mlenv, on the engine at $DOCKER_HOST
+//!                               --runtime=mlenv, on the engine at $DOCKER_HOST; with
+//!                               $MLENV_E2E_TIMED (tests/e2e-env.sh), also each call
+//!                               the engine makes, timed where it makes it
 //!
 //! Create latency: `runc create` and `mlenv-runtime create` on the same bundle,
 //! interleaved so that every case sees the same machine, each timed from spawn to
@@ -670,33 +672,7 @@ fn docker(n: usize) {
         .status()
         .unwrap();
     assert!(imported.success() && tar.wait().unwrap().success());
-    let run = |runtime: &str| {
-        timed(Command::new("docker").args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            &format!("--runtime={runtime}"),
-            image,
-            "true",
-        ]))
-        .0
-    };
-    for _ in 0..3 {
-        run("runc");
-        run("mlenv");
-    }
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        // Alternate which goes first, so neither always follows the other.
-        if i % 2 == 0 {
-            a.push(run("runc"));
-            b.push(run("mlenv"));
-        } else {
-            b.push(run("mlenv"));
-            a.push(run("runc"));
-        }
-    }
+    let (a, b) = alternating(n, "runc", "mlenv", |runtime| docker_run(image, runtime));
     println!("docker run --rm {image} true, {n} runs each, alternating");
     let (ra, _) = stats("--runtime=runc", &a);
     let (rb, _) = stats("--runtime=mlenv", &b);
@@ -708,5 +684,97 @@ fn docker(n: usize) {
         quantile(&ratios, 0.25),
         quantile(&ratios, 0.75)
     );
+    if let Some(timed) = std::env::var_os("MLENV_E2E_TIMED") {
+        println!();
+        docker_calls(n, image, Path::new(&timed));
+    }
     let _ = Command::new("docker").args(["rmi", image]).output();
+}
+
+/// `docker run --rm --network none IMAGE true` through `runtime`: its wall time in ms.
+fn docker_run(image: &str, runtime: &str) -> f64 {
+    timed(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &format!("--runtime={runtime}"),
+        image,
+        "true",
+    ]))
+    .0
+}
+
+/// `n` runs of `run` with runtime `a` and with `b`, after three of each to warm up;
+/// which goes first alternates, so that neither always follows the other.
+fn alternating<T>(n: usize, a: &str, b: &str, mut run: impl FnMut(&str) -> T) -> (Vec<T>, Vec<T>) {
+    for _ in 0..3 {
+        run(a);
+        run(b);
+    }
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        if i % 2 == 0 {
+            xs.push(run(a));
+            ys.push(run(b));
+        } else {
+            ys.push(run(b));
+            xs.push(run(a));
+        }
+    }
+    (xs, ys)
+}
+
+/// The same runs through the timed runtimes of tests/e2e-env.sh (examples/call_timer.rs
+/// in front of runc and of mlenv-runtime): where in a `docker run` the difference
+/// lies, call by call, and how much of it lies outside the calls.
+fn docker_calls(n: usize, image: &str, dir: &Path) {
+    const CALLS: [&str; 4] = ["create", "start", "delete", "delete-force"];
+    let log = dir.join("calls.log");
+    // Per run: the wall time, then the time inside each call of CALLS, then inside all.
+    let run = |runtime: &str| -> Vec<f64> {
+        fs::write(&log, "").unwrap();
+        let total = docker_run(image, runtime);
+        let text = fs::read_to_string(&log).unwrap();
+        let calls: Vec<(&str, f64)> = text
+            .lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split(' ').collect();
+                let (a, b): (u128, u128) = (w[1].parse().unwrap(), w[2].parse().unwrap());
+                (w[0], (b - a) as f64 / 1e6)
+            })
+            .collect();
+        let inside =
+            |name: &str| -> f64 { calls.iter().filter(|c| c.0 == name).map(|c| c.1).sum() };
+        let mut row = vec![total];
+        row.extend(CALLS.iter().map(|c| inside(c)));
+        row.push(calls.iter().map(|c| c.1).sum());
+        row
+    };
+    let (a, b) = alternating(n, "timed-runc", "timed-mlenv", run);
+    println!("the same, each call the engine makes timed (examples/call_timer.rs), {n} runs each");
+    let column = |rows: &[Vec<f64>], k: usize| -> Vec<f64> { rows.iter().map(|r| r[k]).collect() };
+    let outside = |rows: &[Vec<f64>]| -> Vec<f64> {
+        rows.iter().map(|r| r[0] - r[CALLS.len() + 1]).collect()
+    };
+    let names = CALLS.iter().copied().chain(["all calls"]);
+    for (k, name) in names.enumerate() {
+        let (x, y) = (column(&a, k + 1), column(&b, k + 1));
+        println!(
+            "{name:<14} runc median {:7.3} ms   mlenv median {:7.3} ms",
+            quantile(&x, 0.5),
+            quantile(&y, 0.5)
+        );
+        paired(&format!("  {name}: mlenv - runc"), &y, &x);
+    }
+    paired(
+        "outside the calls: mlenv - runc",
+        &outside(&b),
+        &outside(&a),
+    );
+    paired(
+        "whole docker run: mlenv - runc",
+        &column(&b, 0),
+        &column(&a, 0),
+    );
 }

@@ -813,11 +813,25 @@ mod tests {
         .map(|(verdict, _)| verdict)
     }
 
-    fn host() -> crate::host::ProcHost {
-        // A roomy fixture host; its directory lives for the test run.
+    /// A fixture host that owns its directory, removed when the host is dropped.
+    struct OwnedHost(#[allow(dead_code)] tempfile::TempDir, crate::host::ProcHost);
+
+    impl Host for OwnedHost {
+        fn probe(&self) -> Result<crate::host::HostState, crate::host::HostError> {
+            self.1.probe()
+        }
+        fn process_start(&self, pid: u32) -> Option<u64> {
+            self.1.process_start(pid)
+        }
+        fn read(&self, path: &Path) -> Option<String> {
+            self.1.read(path)
+        }
+    }
+
+    /// A roomy fixture host.
+    fn host() -> OwnedHost {
         let (dir, host) = crate::host::tests::fixture(&[]);
-        std::mem::forget(dir);
-        host
+        OwnedHost(dir, host)
     }
 
     fn spec() -> serde_json::Value {
@@ -1151,7 +1165,7 @@ mod tests {
 
     /// A host on which the containers `ids` (under root /run/r) run: their state.json
     /// names a live init process.
-    fn running(ids: &[&str]) -> crate::host::ProcHost {
+    fn running(ids: &[&str]) -> OwnedHost {
         let state = r#"{"init_process_pid":77,"init_process_start":5000}"#;
         let stat = "77 (sleep) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5000 0 0\n";
         let paths: Vec<String> = ids
@@ -1161,8 +1175,7 @@ mod tests {
         let mut files: Vec<(&str, &str)> = paths.iter().map(|p| (p.as_str(), state)).collect();
         files.push(("proc/77/stat", stat));
         let (dir, host) = crate::host::tests::fixture(&files);
-        std::mem::forget(dir);
-        host
+        OwnedHost(dir, host)
     }
 
     /// Four GPUs; GPU 0 is at 90% utilization.
