@@ -684,7 +684,10 @@ impl Ending {
         if !path.exists() {
             return Ok(None);
         }
-        let inventory = Inventory::open(&path).map_err(|e| e.to_string())?;
+        let mut inventory = Inventory::open(&path).map_err(|e| e.to_string())?;
+        // runc has deleted (or is deleting) the container: a locked inventory must not
+        // hold the engine's delete for the full wait of a create.
+        inventory.wait_briefly().map_err(|e| e.to_string())?;
         Ok(Some(Ending {
             inventory,
             id: id.clone(),

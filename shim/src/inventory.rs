@@ -31,12 +31,27 @@ pub const WAL_SETTLE_BYTES: u64 = 512 * 1024;
 /// How long a writer waits for another before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the end a delete records waits for another writer
+/// ([`Inventory::wait_briefly`]): the container is gone already and the engine is
+/// waiting for the delete, while a row left live is ended by liveness at the next
+/// capacity check or `mlenv gc`.
+const BRIEF_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Waiting for the write lock: SQLite's default handler sleeps 1, 2, 5, 10 ... 100 ms
 /// between tries, so that a create queued behind a burst of others (each holding the
 /// lock for well under a millisecond) could wait a tenth of a second more than it
 /// had to: 64 creates at once measured a 968 ms slowest create. This one tries every
 /// 0.25 ms for the first 50 ms, then every 2 ms, up to [`BUSY_TIMEOUT`].
 fn busy(tries: i32) -> bool {
+    busy_within(tries, BUSY_TIMEOUT)
+}
+
+/// [`busy`], up to [`BRIEF_BUSY_TIMEOUT`].
+fn busy_briefly(tries: i32) -> bool {
+    busy_within(tries, BRIEF_BUSY_TIMEOUT)
+}
+
+fn busy_within(tries: i32, limit: Duration) -> bool {
     const FAST: i32 = 200;
     const FAST_SLEEP: Duration = Duration::from_micros(250);
     const SLOW_SLEEP: Duration = Duration::from_millis(2);
@@ -45,7 +60,7 @@ fn busy(tries: i32) -> bool {
     } else {
         FAST_SLEEP * FAST as u32 + SLOW_SLEEP * (tries - FAST) as u32
     };
-    if waited >= BUSY_TIMEOUT {
+    if waited >= limit {
         return false;
     }
     std::thread::sleep(if tries < FAST { FAST_SLEEP } else { SLOW_SLEEP });
@@ -350,6 +365,14 @@ impl Inventory {
         } = self;
         drop(conn);
         Inventory::start_again(&path, ino)
+    }
+
+    /// From now on a write waits [`BRIEF_BUSY_TIMEOUT`] for another writer, not
+    /// [`BUSY_TIMEOUT`]: for work that may be left undone, not for decisions.
+    pub fn wait_briefly(&mut self) -> Result<(), InventoryError> {
+        self.conn
+            .busy_handler(Some(busy_briefly))
+            .map_err(|e| self.sql("setting the busy timeout", e))
     }
 
     /// Moves the corrupt file aside ([`Inventory::move_aside`]) and opens a new
@@ -680,8 +703,7 @@ impl Inventory {
     }
 
     /// Marks the live container `id` (under runtime root `root`) ended. Returns how
-    /// many rows changed (0: it was not live). Deletes are where the WAL is folded
-    /// into the database: nobody waits on them.
+    /// many rows changed (0: it was not live).
     pub fn end(
         &mut self,
         container_id: &str,
@@ -1231,6 +1253,27 @@ mod tests {
         for t in threads {
             assert_eq!(t.join().unwrap().unwrap(), MIGRATIONS.len() as i64);
         }
+    }
+
+    /// Another writer holding the lock past the brief wait: the end gives up with
+    /// SQLite's reason, and the row stays live for liveness to end.
+    #[test]
+    fn a_brief_wait_gives_up_on_a_held_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mlenv.db");
+        let mut inv = Inventory::open(&path).unwrap();
+        let mut d = Decision::new(1, "c1", Path::new("/b"));
+        d.outcome = Outcome::Admitted;
+        inv.record(&d).unwrap();
+        let mut holder = Connection::open(&path).unwrap();
+        let tx = holder
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        inv.wait_briefly().unwrap();
+        let err = inv.end("c1", None, 2, "deleted").unwrap_err().to_string();
+        assert!(err.ends_with("database is locked"), "{err}");
+        drop(tx);
+        assert_eq!(inv.end("c1", None, 3, "deleted").unwrap(), 1);
     }
 
     #[test]

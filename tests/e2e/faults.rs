@@ -209,7 +209,8 @@ fn dockerd_crash_with_live_containers() {
 
 /// Another process holds the inventory's write lock: creates wait for it (10 s) and
 /// then fail with the reason, or are admitted unrecorded under `on_error = "admit"`;
-/// deletes and every other call still work; once the lock is gone nothing is left.
+/// deletes delete, wait 2 s to record the end and warn; every other call answers at
+/// once; once the lock is gone nothing is left.
 #[test]
 fn inventory_locked_by_another_writer() {
     if !require("fault_locked", &["runc"], &[]) {
@@ -232,7 +233,7 @@ fn inventory_locked_by_another_writer() {
     let b2 = policy.dir.path().join("bundle2");
     bundle(&b2, &["sleep", "600"], json!({}));
     let started = Instant::now();
-    let create = rt
+    let mut create = rt
         .cmd(&["create", "--bundle", b2.to_str().unwrap(), "blocked"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -246,8 +247,13 @@ fn inventory_locked_by_another_writer() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let created = create.wait_with_output().unwrap();
     let deleted = delete.wait_with_output().unwrap();
+    // The delete gives up on the lock sooner (2 s) than the create (10 s).
+    assert!(
+        create.try_wait().unwrap().is_none(),
+        "the delete returned while the create still waits for the lock"
+    );
+    let created = create.wait_with_output().unwrap();
     assert!(
         started.elapsed() >= Duration::from_secs(9),
         "waited for the lock"
