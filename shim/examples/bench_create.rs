@@ -89,6 +89,17 @@ fn paired(name: &str, a: &[f64], b: &[f64]) {
     );
 }
 
+/// One call's times through mlenv and through runc: both medians, then the paired
+/// difference.
+fn side_by_side(name: &str, mlenv: &[f64], runc: &[f64]) {
+    println!(
+        "{name:<15} runc median {:7.3} ms   mlenv median {:7.3} ms",
+        quantile(runc, 0.5),
+        quantile(mlenv, 0.5)
+    );
+    paired(&format!("  {name}: mlenv - runc"), mlenv, runc);
+}
+
 fn stats(name: &str, v: &[f64]) -> (f64, f64) {
     let (median, p95) = (quantile(v, 0.5), quantile(v, 0.95));
     println!(
@@ -338,12 +349,7 @@ fn calls(n: usize) {
     for (c, name) in NAMES.iter().enumerate() {
         let runc: Vec<f64> = t[0].iter().map(|r| r[c]).collect();
         let ours: Vec<f64> = t[1].iter().map(|r| r[c]).collect();
-        println!(
-            "{name:<15} runc median {:7.3} ms   mlenv median {:7.3} ms",
-            quantile(&runc, 0.5),
-            quantile(&ours, 0.5)
-        );
-        paired(&format!("  {name}: mlenv - runc"), &ours, &runc);
+        side_by_side(name, &ours, &runc);
     }
     let sum = |k: usize| -> Vec<f64> { t[k].iter().map(|r| r[..4].iter().sum()).collect() };
     paired("all four: mlenv - runc", &sum(1), &sum(0));
@@ -495,22 +501,9 @@ fn creates(n: usize) {
         },
     ];
 
-    // Warm-up: page cache, inventory creation and migration.
-    for i in 0..5 {
-        for (k, c) in against_runc.iter().enumerate() {
-            let bin = if c.policy.is_some() {
-                &b.mlenv
-            } else {
-                &b.runc
-            };
-            let id = format!("warm{i}-{k}");
-            timed(&mut b.create(bin, c.policy.as_deref(), c.bundle, &id, true));
-            b.delete(bin, c.policy.as_deref(), &id);
-            reset(c.bundle, c.pristine);
-        }
-    }
+    // The first 5 rounds warm up (page cache, inventory creation and migration).
     let mut t: Vec<Vec<f64>> = vec![Vec::new(); against_runc.len()];
-    for i in 0..n {
+    for i in 0..5 + n {
         for (k, c) in against_runc.iter().enumerate() {
             let bin = if c.policy.is_some() {
                 &b.mlenv
@@ -518,7 +511,10 @@ fn creates(n: usize) {
                 &b.runc
             };
             let id = format!("c{i}-{k}");
-            t[k].push(timed(&mut b.create(bin, c.policy.as_deref(), c.bundle, &id, true)).0);
+            let ms = timed(&mut b.create(bin, c.policy.as_deref(), c.bundle, &id, true)).0;
+            if i >= 5 {
+                t[k].push(ms);
+            }
             b.delete(bin, c.policy.as_deref(), &id);
             reset(c.bundle, c.pristine);
         }
@@ -576,14 +572,14 @@ fn creates(n: usize) {
     }
     println!();
 
-    parallel(&b, &rootfs, &pristine, 64, 5);
+    parallel(&b, &pristine, 64, 5);
     drop(work);
 }
 
 /// `at_once` creates started together, each on a bundle of its own, `rounds` times,
 /// runc and mlenv (no edit) alternating: the wall time of each burst, and the latency
 /// of each create in it.
-fn parallel(b: &Bench, rootfs: &Path, pristine: &[u8], at_once: usize, rounds: usize) {
+fn parallel(b: &Bench, pristine: &[u8], at_once: usize, rounds: usize) {
     let bundles: Vec<PathBuf> = (0..at_once)
         .map(|i| {
             let d = b.dir.join(format!("par{i}"));
@@ -591,7 +587,6 @@ fn parallel(b: &Bench, rootfs: &Path, pristine: &[u8], at_once: usize, rounds: u
             d
         })
         .collect();
-    let _ = rootfs;
     let policy = b.policy("parallel", &b.runc, "");
     let mut walls: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut each: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
@@ -759,13 +754,7 @@ fn docker_calls(n: usize, image: &str, dir: &Path) {
     };
     let names = CALLS.iter().copied().chain(["all calls"]);
     for (k, name) in names.enumerate() {
-        let (x, y) = (column(&a, k + 1), column(&b, k + 1));
-        println!(
-            "{name:<14} runc median {:7.3} ms   mlenv median {:7.3} ms",
-            quantile(&x, 0.5),
-            quantile(&y, 0.5)
-        );
-        paired(&format!("  {name}: mlenv - runc"), &y, &x);
+        side_by_side(name, &column(&b, k + 1), &column(&a, k + 1));
     }
     paired(
         "outside the calls: mlenv - runc",

@@ -99,21 +99,6 @@ pub enum Mode {
     },
 }
 
-/// Runs a create up to the hand-over: policy, edits, admission, record. Every decision
-/// that gets as far as a container id is recorded, errors included. An admitted
-/// container comes with the inventory still open, for [`record_init`] once the
-/// runtime has created it.
-pub fn prepare(
-    inv: &Invocation,
-    cwd: &Path,
-    main: &Path,
-    clock: &dyn Clock,
-    host: &dyn Host,
-    log: &mut RuncLog,
-) -> Result<(Verdict, Option<Inventory>), CreateError> {
-    decide_keeping(Mode::Runtime, inv, cwd, main, clock, host, log)
-}
-
 /// After the runtime's `create` returned 0: the container's init process, from the
 /// pid file the engine asked for, recorded with its start time so that liveness is
 /// exact. Done here rather than by a `createRuntime` hook, which costs runc a process
@@ -139,23 +124,14 @@ pub fn record_init(
         .map_err(|e| e.to_string())
 }
 
-/// [`prepare`], in either mode. In hook mode nothing is written to the bundle: what
-/// the policy would change (a default or clamped limit, a user mapping, GPUs chosen
-/// by count) cannot happen any more and is refused, saying so.
+/// Runs a create up to the hand-over: policy, edits, admission, record. Every decision
+/// that gets as far as a container id is recorded, errors included. An admitted
+/// container comes with the inventory still open, for [`record_init`] once the
+/// runtime has created it (runtime mode; `None` in hook mode). In hook mode nothing is
+/// written to the bundle: what the policy would change (a default or clamped limit, a
+/// user mapping, GPUs chosen by count) cannot happen any more and is refused, saying
+/// so.
 pub fn decide(
-    mode: Mode,
-    inv: &Invocation,
-    cwd: &Path,
-    main: &Path,
-    clock: &dyn Clock,
-    host: &dyn Host,
-    log: &mut RuncLog,
-) -> Result<Verdict, CreateError> {
-    decide_keeping(mode, inv, cwd, main, clock, host, log).map(|(verdict, _)| verdict)
-}
-
-/// [`decide`], keeping the inventory connection of an admitted container open.
-fn decide_keeping(
     mode: Mode,
     inv: &Invocation,
     cwd: &Path,
@@ -685,8 +661,8 @@ impl Ending {
             return Ok(None);
         }
         let mut inventory = Inventory::open(&path).map_err(|e| e.to_string())?;
-        // runc has deleted (or is deleting) the container: a locked inventory must not
-        // hold the engine's delete for the full wait of a create.
+        // The container is gone (or being deleted): a locked inventory must not hold
+        // the engine's delete, or a foreground run's exit, for the full wait of a create.
         inventory.wait_briefly().map_err(|e| e.to_string())?;
         Ok(Some(Ending {
             inventory,
@@ -805,7 +781,8 @@ mod tests {
         host: &dyn Host,
         log: &mut RuncLog,
     ) -> Result<Verdict, CreateError> {
-        prepare(
+        decide(
+            Mode::Runtime,
             &invocation(f, id),
             Path::new("/"),
             &f.main,
@@ -817,24 +794,27 @@ mod tests {
     }
 
     /// A fixture host that owns its directory, removed when the host is dropped.
-    struct OwnedHost(#[allow(dead_code)] tempfile::TempDir, crate::host::ProcHost);
+    struct OwnedHost {
+        _dir: tempfile::TempDir,
+        host: crate::host::ProcHost,
+    }
 
     impl Host for OwnedHost {
         fn probe(&self) -> Result<crate::host::HostState, crate::host::HostError> {
-            self.1.probe()
+            self.host.probe()
         }
         fn process_start(&self, pid: u32) -> Option<u64> {
-            self.1.process_start(pid)
+            self.host.process_start(pid)
         }
         fn read(&self, path: &Path) -> Option<String> {
-            self.1.read(path)
+            self.host.read(path)
         }
     }
 
     /// A roomy fixture host.
     fn host() -> OwnedHost {
-        let (dir, host) = crate::host::tests::fixture(&[]);
-        OwnedHost(dir, host)
+        let (_dir, host) = crate::host::tests::fixture(&[]);
+        OwnedHost { _dir, host }
     }
 
     fn spec() -> serde_json::Value {
@@ -1177,8 +1157,8 @@ mod tests {
             .collect();
         let mut files: Vec<(&str, &str)> = paths.iter().map(|p| (p.as_str(), state)).collect();
         files.push(("proc/77/stat", stat));
-        let (dir, host) = crate::host::tests::fixture(&files);
-        OwnedHost(dir, host)
+        let (_dir, host) = crate::host::tests::fixture(&files);
+        OwnedHost { _dir, host }
     }
 
     /// Four GPUs; GPU 0 is at 90% utilization.

@@ -128,29 +128,22 @@ pub fn check(main: &Path, runtime_dir: &Path, engines: &EnginePaths) -> Vec<Line
             let dir = inv_path.parent().unwrap_or(Path::new("/"));
             if inv_path.exists() {
                 match crate::inventory::Inventory::open(inv_path) {
-                    Result::Ok(i) => match crate::inventory::Inventory::set_aside_files(inv_path).last() {
-                        Some(aside) => line(
-                            Warn,
-                            "inventory",
-                            format!(
-                                "{} (schema {}); a corrupt inventory was moved aside to {}: containers running then are not counted until recreated",
-                                inv_path.display(),
-                                i.schema_version().unwrap_or(0),
-                                aside.display()
+                    Result::Ok(i) => {
+                        let found =
+                            format!("{} (schema {})", inv_path.display(), i.schema_version().unwrap_or(0));
+                        match crate::inventory::Inventory::set_aside_files(inv_path).last() {
+                            Some(aside) => line(
+                                Warn,
+                                "inventory",
+                                format!(
+                                    "{found}; a corrupt inventory was moved aside to {}: containers running then are not counted until recreated",
+                                    aside.display()
+                                ),
+                                Some("look at the old file if needed, then remove it"),
                             ),
-                            Some("look at the old file if needed, then remove it"),
-                        ),
-                        None => line(
-                            Ok,
-                            "inventory",
-                            format!(
-                                "{} (schema {})",
-                                inv_path.display(),
-                                i.schema_version().unwrap_or(0)
-                            ),
-                            None,
-                        ),
-                    },
+                            None => line(Ok, "inventory", found, None),
+                        }
+                    }
                     Err(e) => line(
                         Fail,
                         "inventory",

@@ -137,7 +137,7 @@ pub fn run(
             };
             let mut log = RuncLog::stderr_only();
             let mode = Mode::Hook { init: (pid, start) };
-            match create::decide(mode, &inv, &state.bundle, main, clock, host, &mut log)? {
+            match create::decide(mode, &inv, &state.bundle, main, clock, host, &mut log)?.0 {
                 Verdict::Admitted { .. } => Ok(Outcome::Admitted),
                 Verdict::Refused(why) => Ok(Outcome::Refused(why)),
             }

@@ -1262,18 +1262,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mlenv.db");
         let mut inv = Inventory::open(&path).unwrap();
-        let mut d = Decision::new(1, "c1", Path::new("/b"));
-        d.outcome = Outcome::Admitted;
-        inv.record(&d).unwrap();
+        inv.record(&decision("c1", 1, Outcome::Admitted)).unwrap();
         let mut holder = Connection::open(&path).unwrap();
         let tx = holder
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .unwrap();
         inv.wait_briefly().unwrap();
-        let err = inv.end("c1", None, 2, "deleted").unwrap_err().to_string();
+        let err = inv
+            .end("c1", Some("/run/r"), 2, "deleted")
+            .unwrap_err()
+            .to_string();
         assert!(err.ends_with("database is locked"), "{err}");
         drop(tx);
-        assert_eq!(inv.end("c1", None, 3, "deleted").unwrap(), 1);
+        assert_eq!(inv.end("c1", Some("/run/r"), 3, "deleted").unwrap(), 1);
     }
 
     #[test]

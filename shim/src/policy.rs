@@ -824,7 +824,6 @@ mod tests {
         (dir, main_path)
     }
 
-    /// Every key the code accepts is documented in docs/policy.md, under its table.
     #[test]
     fn hook_setting_reads_and_writes_back() {
         type Row = (&'static str, Result<HookSetting, &'static str>);
@@ -857,6 +856,7 @@ mod tests {
         }
     }
 
+    /// Every key the code accepts is documented in docs/policy.md, under its table.
     #[test]
     fn reference_documents_every_key() {
         let doc = include_str!("../../docs/policy.md");

@@ -266,16 +266,7 @@ fn killed_container_stops_counting() {
         // stderr to a file: the container's init inherits it and would hold a pipe open.
         let err_file = policy.dir.path().join(format!("{name}.stderr"));
         let status = rt
-            .cmd(&[
-                "create",
-                "--bundle",
-                b.to_str().unwrap(),
-                "--pid-file",
-                pid_file.to_str().unwrap(),
-                name,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .create_cmd(&b, &pid_file, name)
             .stderr(fs::File::create(&err_file).unwrap())
             .status()
             .unwrap();

@@ -264,7 +264,15 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let host = ProcHost::default();
-    match create::prepare(inv, &cwd, main, &clock, &host, &mut log) {
+    match create::decide(
+        create::Mode::Runtime,
+        inv,
+        &cwd,
+        main,
+        &clock,
+        &host,
+        &mut log,
+    ) {
         Ok((Verdict::Admitted { runtime }, _))
             if inv.subcommand.as_deref() == Some("run") && !inv.detach =>
         {
