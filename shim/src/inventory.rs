@@ -781,6 +781,26 @@ impl Inventory {
         })
     }
 
+    /// The bundle of the live container `id` under runtime root `root`: where its
+    /// config.json, as mlenv handed it over, says whom its process runs as.
+    pub fn live_bundle(
+        &self,
+        container_id: &str,
+        root: Option<&str>,
+    ) -> Result<Option<PathBuf>, InventoryError> {
+        self.conn
+            .query_row(
+                "SELECT d.bundle FROM containers c JOIN decisions d ON d.id = c.decision_id
+                 WHERE c.container_id = ?1 AND c.root IS ?2 AND c.ended_ms IS NULL
+                 ORDER BY c.id DESC LIMIT 1",
+                params![container_id, root],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map(|b| b.map(PathBuf::from))
+            .map_err(|e| self.sql("looking up the container's bundle", e))
+    }
+
     /// Whether a container of this id is live (under any runtime root).
     pub fn is_live(&self, container_id: &str) -> Result<bool, InventoryError> {
         self.conn
@@ -1337,6 +1357,21 @@ mod tests {
             "root must match"
         );
         assert_eq!(inv.live().unwrap().len(), 1);
+        assert_eq!(
+            inv.live_bundle("ccc333", Some("/run/r")).unwrap(),
+            Some(PathBuf::from("/b"))
+        );
+        assert_eq!(inv.live_bundle("ccc333", Some("/other")).unwrap(), None);
+        assert_eq!(
+            inv.live_bundle("aaa111", Some("/run/r")).unwrap(),
+            None,
+            "ended"
+        );
+        assert_eq!(
+            inv.live_bundle("bbb222", Some("/run/r")).unwrap(),
+            None,
+            "refused"
+        );
 
         let h = inv.history(0, 10).unwrap();
         assert_eq!(h.len(), 3);

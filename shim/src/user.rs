@@ -139,6 +139,62 @@ pub fn map(spec: &mut Spec, s: &UserSection, files: &dyn Files) -> Result<Mapped
     )))
 }
 
+/// Holds a `docker exec` to `[user] root` as the container's first process was held:
+/// under `remap` or `refuse` no container runs as root, and an exec that would (Docker
+/// gives an exec the image's user unless `-u` says otherwise) must not either. Under
+/// `remap` it runs as the container's own user, `container` (`process.user` of the
+/// container's config.json, when known and not root), else as `uid`/`gid`; under
+/// `refuse` it is refused. `process` is the exec's process (runc's `--process` file);
+/// one that is not an object is left to the runtime to reject. Idempotent.
+pub fn map_exec(process: &mut Value, container: Option<&Value>, s: &UserSection) -> Mapped {
+    let Some(process) = process.as_object_mut() else {
+        return Mapped::Kept;
+    };
+    let id = |user: Option<&Value>, field: &str| {
+        user.and_then(|u| u.get(field))
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    if id(process.get("user"), "uid").unwrap_or(0) != 0 || s.root == RootRule::Allow {
+        return Mapped::Kept;
+    }
+    let own = container
+        .and_then(|c| Some((id(Some(c), "uid")?, id(Some(c), "gid").unwrap_or(0))))
+        .filter(|(uid, _)| *uid != 0);
+    if s.root == RootRule::Refuse {
+        let user = own.map_or("UID:GID".to_string(), |(u, g)| format!("{u}:{g}"));
+        let whose = if own.is_some() {
+            ", the container's user"
+        } else {
+            ""
+        };
+        return Mapped::Refused(format!(
+            "exec runs as root; pass --user {user}{whose} ([user] root = \"refuse\")"
+        ));
+    }
+    let (uid, gid, groups, why) = match own {
+        Some((uid, gid)) => {
+            let groups = container
+                .and_then(|c| c.get("additionalGids"))
+                .cloned()
+                .unwrap_or(json!([]));
+            (uid, gid, groups, "the container's user")
+        }
+        None => {
+            let (uid, gid) = s.fixed();
+            (uid, gid, json!([]), "[user] root = \"remap\"")
+        }
+    };
+    let user = process.entry("user").or_insert_with(|| json!({}));
+    if !user.is_object() {
+        *user = json!({});
+    }
+    user["uid"] = json!(uid);
+    user["gid"] = json!(gid);
+    user["additionalGids"] = groups;
+    Mapped::Changed(format!("exec runs as {uid}:{gid} instead of root ({why})"))
+}
+
 /// The owner of the bind mount holding the working directory, else of the first
 /// bind mount under `workdir_roots`, and that mount's source.
 fn workdir_owner(
@@ -412,6 +468,91 @@ mod tests {
             Vec::<u32>::new()
         );
         assert_eq!(r.json["process"]["user"], root());
+    }
+
+    #[test]
+    fn exec_table() {
+        use RootRule::*;
+        let own = json!({"uid": 1000, "gid": 1000, "additionalGids": [44], "umask": 18});
+        let root_own = json!({"uid": 0, "gid": 0});
+        let exec = |user: Value| json!({"user": user, "args": ["id"], "cwd": "/"});
+        let as_root = || exec(json!({"uid": 0, "gid": 0, "additionalGids": [0, 10]}));
+        type Case = (&'static str, Value, Option<Value>, RootRule, Mapped, Value);
+        let changed = |m: &str| Mapped::Changed(m.to_string());
+        let cases: Vec<Case> = vec![
+            ("allow: root stays", as_root(), Some(own.clone()), Allow, Mapped::Kept, as_root()),
+            (
+                "a non-root exec stays",
+                exec(json!({"uid": 7, "gid": 7})),
+                Some(own.clone()),
+                Refuse,
+                Mapped::Kept,
+                exec(json!({"uid": 7, "gid": 7})),
+            ),
+            (
+                "remap: the container's own user and groups",
+                as_root(),
+                Some(own.clone()),
+                Remap,
+                changed("exec runs as 1000:1000 instead of root (the container's user)"),
+                exec(json!({"uid": 1000, "gid": 1000, "additionalGids": [44]})),
+            ),
+            (
+                "remap, container unknown: [user] uid and gid",
+                as_root(),
+                None,
+                Remap,
+                changed("exec runs as 2000:2001 instead of root ([user] root = \"remap\")"),
+                exec(json!({"uid": 2000, "gid": 2001, "additionalGids": []})),
+            ),
+            (
+                "remap, a container left root: [user] uid and gid",
+                as_root(),
+                Some(root_own.clone()),
+                Remap,
+                changed("exec runs as 2000:2001 instead of root ([user] root = \"remap\")"),
+                exec(json!({"uid": 2000, "gid": 2001, "additionalGids": []})),
+            ),
+            (
+                "no user at all is root",
+                json!({"args": ["id"]}),
+                Some(own.clone()),
+                Remap,
+                changed("exec runs as 1000:1000 instead of root (the container's user)"),
+                json!({"args": ["id"], "user": {"uid": 1000, "gid": 1000, "additionalGids": [44]}}),
+            ),
+            (
+                "refuse names the container's user",
+                as_root(),
+                Some(own.clone()),
+                Refuse,
+                Mapped::Refused("exec runs as root; pass --user 1000:1000, the container's user ([user] root = \"refuse\")".into()),
+                as_root(),
+            ),
+            (
+                "refuse, container unknown",
+                as_root(),
+                None,
+                Refuse,
+                Mapped::Refused("exec runs as root; pass --user UID:GID ([user] root = \"refuse\")".into()),
+                as_root(),
+            ),
+            ("not an object: left to the runtime", json!([1]), None, Refuse, Mapped::Kept, json!([1])),
+        ];
+        for (name, mut process, container, rule, want, want_process) in cases {
+            let s = section(Mapping::Keep, rule);
+            assert_eq!(
+                map_exec(&mut process, container.as_ref(), &s),
+                want,
+                "{name}"
+            );
+            assert_eq!(process, want_process, "{name}");
+            // Idempotent: a mapped exec no longer runs as root.
+            if matches!(want, Mapped::Changed(_)) {
+                let again = map_exec(&mut process, container.as_ref(), &s);
+                assert_eq!((again, &process), (Mapped::Kept, &want_process), "{name}");
+            }
+        }
     }
 
     #[test]

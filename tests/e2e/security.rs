@@ -250,3 +250,51 @@ fn docker_exec_is_held_to_the_capability_allowlist() {
     );
     docker(&["rm", "-f", &id]);
 }
+
+/// `docker exec` is held to `[user] root` as the container was: under `remap` an exec
+/// that would run as root (the image's user) runs as the container's own user, and
+/// writes files as that user.
+#[test]
+fn docker_exec_as_root_runs_as_the_containers_user_under_remap() {
+    let Some((_g, _policy)) = engine(
+        "user_exec_remap",
+        &[],
+        "[user]\nmapping = \"workdir-owner\"\nroot = \"remap\"\nuid = 4321\n",
+    ) else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(project.path(), Some(1000), Some(1000)).unwrap();
+    let bind = format!("{}:/work", project.path().display());
+    let id = docker(&[
+        "run", "-d", "-v", &bind, "-w", "/work", IMAGE, "sleep", "600",
+    ]);
+    let out = docker(&["exec", &id, "sh", "-c", "touch from-exec && id -u && id -g"]);
+    assert_eq!(out, "1000\n1000");
+    let made = std::fs::metadata(project.path().join("from-exec")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (1000, 1000));
+    // Asked for by name, root is remapped all the same; another user is kept.
+    assert_eq!(docker(&["exec", "-u", "0", &id, "id", "-u"]), "1000");
+    assert_eq!(docker(&["exec", "-u", "1234", &id, "id", "-u"]), "1234");
+    docker(&["rm", "-f", &id]);
+}
+
+/// Under `[user] root = "refuse"`, `docker exec -u 0` is refused with what to pass
+/// instead; the container's own user is not.
+#[test]
+fn docker_exec_as_root_is_refused_under_refuse() {
+    let Some((_g, _policy)) = engine("user_exec_refuse", &[], "[user]\nroot = \"refuse\"\n") else {
+        return;
+    };
+    let id = docker(&["run", "-d", "--user", "1000:1000", IMAGE, "sleep", "600"]);
+    assert_eq!(docker(&["exec", &id, "id", "-u"]), "1000");
+    let o = run(&mut docker_cmd(&["exec", "-u", "0", &id, "true"]));
+    // Docker 20.10 prints an exec's runtime error on stdout.
+    let err = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("mlenv: refused: exec runs as root; pass --user 1000:1000, the container's user ([user] root = \"refuse\")"),
+        "{err}"
+    );
+    docker(&["rm", "-f", &id]);
+}

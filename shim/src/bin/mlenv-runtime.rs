@@ -147,8 +147,10 @@ fn after_exit(work: impl FnOnce()) {
 }
 
 /// `exec` with capabilities beyond `[security] allowed_capabilities` (`docker exec
-/// --privileged`) is refused. The policy is read strictly but quietly: where it
-/// cannot be read (broken, untrusted), exec passes through as every other call does.
+/// --privileged`) is refused, and an exec that would run as root is held to `[user]
+/// root` as the container was (its process file rewritten, or the exec refused). The
+/// policy is read strictly but quietly: where it cannot be read (broken, untrusted),
+/// exec passes through as every other call does.
 fn exec(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
     let trusted = mlenv::trust::check_policy(
         main,
@@ -163,8 +165,9 @@ fn exec(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! 
                 .map(|(_, v)| v.clone())
                 .collect()
         };
-        let process = values("process")
-            .first()
+        let process_file = values("process").into_iter().next().map(PathBuf::from);
+        let mut process = process_file
+            .as_ref()
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
         let caps = values("cap");
@@ -173,8 +176,48 @@ fn exec(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! 
         if !refusals.is_empty() {
             fail(inv, &format!("mlenv: refused: {}", refusals.join("; ")));
         }
+        // Engines pass the process as a file; `runc exec` typed with --user on the
+        // host, by root, is left as typed.
+        if let (Some(path), Some(process)) = (&process_file, &mut process) {
+            let container = container_user(inv, &loaded.policy.inventory.path);
+            match mlenv::user::map_exec(process, container.as_ref(), &loaded.policy.user) {
+                mlenv::user::Mapped::Kept => {}
+                mlenv::user::Mapped::Refused(why) => fail(inv, &format!("mlenv: refused: {why}")),
+                mlenv::user::Mapped::Changed(_) => {
+                    if let Err(e) = mlenv::fsutil::overwrite(path, process.to_string().as_bytes()) {
+                        fail(
+                            inv,
+                            &format!(
+                                "mlenv: cannot hold the exec to [user] root: writing {}: {e}",
+                                path.display()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
     }
     passthrough(inv, args, main)
+}
+
+/// `process.user` of the live container's config.json, as mlenv handed it over;
+/// `None` where the inventory does not know the container (created past mlenv) or the
+/// bundle is gone.
+fn container_user(
+    inv: &argv::Invocation,
+    inventory: &std::path::Path,
+) -> Option<serde_json::Value> {
+    let id = inv.container_id.as_deref()?;
+    if !inventory.exists() {
+        return None;
+    }
+    let bundle = mlenv::inventory::Inventory::open(inventory)
+        .ok()?
+        .live_bundle(id, inv.root_text().as_deref())
+        .ok()??;
+    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
+    let spec: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    spec.pointer("/process/user").cloned()
 }
 
 /// An update raising a limit past the policy's maximum is refused; one within it is
