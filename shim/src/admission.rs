@@ -20,6 +20,17 @@ pub struct Usage {
     pub gpus: u32,
 }
 
+impl Usage {
+    /// Takes one live container out of the sums: an update is decided against the
+    /// others.
+    pub fn remove(&mut self, c: &crate::inventory::Held) {
+        self.containers = self.containers.saturating_sub(1);
+        self.memory = self.memory.saturating_sub(c.memory.unwrap_or(0));
+        self.cpus = (self.cpus - c.cpus.unwrap_or(0.0)).max(0.0);
+        self.gpus = self.gpus.saturating_sub(c.gpus);
+    }
+}
+
 /// What the inventory knows when a decision is made.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LiveUsage {
@@ -187,6 +198,17 @@ pub fn reservation_checks(
 /// The quotas that apply to this container, each against what its user or project
 /// already holds.
 pub fn quota_checks(policy: &Policy, live: &LiveUsage, r: &Request) -> Vec<Check> {
+    quota_checks_counting(policy, live, r, true)
+}
+
+/// [`quota_checks`], with `count` false for a container already counted in
+/// `max_containers` (an update of its limits).
+pub fn quota_checks_counting(
+    policy: &Policy,
+    live: &LiveUsage,
+    r: &Request,
+    count: bool,
+) -> Vec<Check> {
     let mut out = Vec::new();
     for q in policy.quotas_for(r.uid, r.project.as_deref()) {
         let held = if q.project.is_some() {
@@ -195,7 +217,7 @@ pub fn quota_checks(policy: &Policy, live: &LiveUsage, r: &Request) -> Vec<Check
             &live.user
         };
         let who = quota_name(q, r.uid);
-        if let Some(max) = q.max_containers {
+        if let Some(max) = q.max_containers.filter(|_| count) {
             let ok = held.containers < max;
             out.push(check(
                 Kind::Quota,

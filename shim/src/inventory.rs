@@ -163,6 +163,17 @@ pub struct LimitChange {
     pub pids: Option<Option<i64>>,
 }
 
+/// A live container as an update of its limits sees it: whose it is and what it
+/// holds now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Held {
+    pub uid: u32,
+    pub project: Option<String>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub gpus: u32,
+}
+
 /// What a prune deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Pruned {
@@ -751,22 +762,62 @@ impl Inventory {
         })
     }
 
-    /// Records new limits of the live container `id` after an update: memory and
-    /// CPUs count in reservations and quotas from then on. `None` leaves a limit as
-    /// it is. Returns how many rows changed.
-    pub fn set_limits(
+    /// Records new limits of the live container `id` (under runtime root `root`)
+    /// after an update, in one immediate transaction with `check`: it is given the
+    /// container and what every *other* live container holds (all, its user's, its
+    /// project's), and returns the refusals; with none, memory and CPUs count in
+    /// reservations and quotas from then on. `None` in `change` leaves a limit as it
+    /// is. `Ok(Ok(0))`: no such live container, nothing checked.
+    pub fn update_limits(
         &mut self,
         container_id: &str,
+        root: Option<&str>,
         change: LimitChange,
-    ) -> Result<usize, InventoryError> {
+        check: impl FnOnce(&Held, &LiveUsage) -> Vec<String>,
+    ) -> Result<Result<usize, Vec<String>>, InventoryError> {
         let LimitChange { memory, cpus, pids } = change;
         self.write(|tx| {
+            let found = tx
+                .query_row(
+                    "SELECT id, uid, project, memory, cpus, gpus FROM containers
+                     WHERE container_id = ?1 AND root IS ?2 AND ended_ms IS NULL
+                     ORDER BY id DESC LIMIT 1",
+                    params![container_id, root],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            Held {
+                                uid: r.get(1)?,
+                                project: r.get(2)?,
+                                memory: r.get::<_, Option<i64>>(3)?.map(|m| m as u64),
+                                cpus: r.get(4)?,
+                                gpus: r.get(5)?,
+                            },
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(|e| ("looking up the container", e))?;
+            let Some((row, held)) = found else {
+                return Ok(Ok(0));
+            };
+            let mut others = live_usage(tx, held.uid, held.project.as_deref())
+                .map_err(|e| ("summing live containers", e))?;
+            others.all.remove(&held);
+            others.user.remove(&held);
+            if held.project.is_some() {
+                others.project.remove(&held);
+            }
+            let refusals = check(&held, &others);
+            if !refusals.is_empty() {
+                return Ok(Err(refusals));
+            }
             tx.execute(
                 "UPDATE containers SET
                     memory = CASE WHEN ?1 THEN ?2 ELSE memory END,
                     cpus = CASE WHEN ?3 THEN ?4 ELSE cpus END,
                     pids = CASE WHEN ?5 THEN ?6 ELSE pids END
-                 WHERE container_id = ?7 AND ended_ms IS NULL",
+                 WHERE id = ?7",
                 params![
                     memory.is_some(),
                     memory.flatten().map(|m| m as i64),
@@ -774,9 +825,10 @@ impl Inventory {
                     cpus.flatten(),
                     pids.is_some(),
                     pids.flatten(),
-                    container_id
+                    row
                 ],
             )
+            .map(Ok)
             .map_err(|e| ("recording updated limits", e))
         })
     }
@@ -1383,6 +1435,54 @@ mod tests {
             d
         });
         assert_eq!(inv.history(2500, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_update_is_checked_against_the_others_and_recorded_only_when_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        inv.record(&decision("aaa111", 1000, Outcome::Admitted))
+            .unwrap();
+        inv.record(&decision("bbb222", 2000, Outcome::Admitted))
+            .unwrap();
+        let raise = LimitChange {
+            memory: Some(Some(3 << 30)),
+            ..Default::default()
+        };
+        let mut seen = None;
+        let out = inv
+            .update_limits("aaa111", Some("/run/r"), raise, |held, others| {
+                seen = Some((held.clone(), others.clone()));
+                vec!["no".into()]
+            })
+            .unwrap();
+        assert_eq!(out, Err(vec!["no".to_string()]));
+        let (held, others) = seen.unwrap();
+        assert_eq!(
+            (held.uid, held.memory, held.cpus),
+            (1000, Some(1 << 30), Some(1.5))
+        );
+        // Only bbb222 is left in the sums.
+        assert_eq!(others.user.containers, 1);
+        assert_eq!(others.user.memory, 1 << 30);
+        assert_eq!(others.project.containers, 1);
+        assert_eq!(others.all.cpus, 1.5);
+        assert_eq!(
+            inv.live().unwrap()[0].limits.memory,
+            Some(1 << 30),
+            "refused: not recorded"
+        );
+        let out = inv
+            .update_limits("aaa111", Some("/run/r"), raise, |_, _| vec![])
+            .unwrap();
+        assert_eq!(out, Ok(1));
+        assert_eq!(inv.live().unwrap()[0].limits.memory, Some(3 << 30));
+        assert_eq!(
+            inv.update_limits("aaa111", Some("/other"), raise, |_, _| vec!["x".into()])
+                .unwrap(),
+            Ok(0),
+            "another root: not this container"
+        );
     }
 
     #[test]

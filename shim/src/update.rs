@@ -157,6 +157,57 @@ impl Update {
     }
 }
 
+/// The reservations and quotas a raise is held to: the container admitted again with
+/// its new limits beside every other live container (`others`), as a create would be.
+/// Only a limit that now counts for more than the inventory holds for it is checked: a
+/// lowered or lifted limit is not (lifting is for the maxima, and an unlimited
+/// container counts for nothing here as at create). Without `host` (it could not be
+/// read) reservations are not checked.
+pub fn quota_refusals(
+    policy: &crate::policy::Policy,
+    host: Option<&crate::host::HostState>,
+    held: &crate::inventory::Held,
+    others: &crate::admission::LiveUsage,
+    change: &crate::inventory::LimitChange,
+) -> Vec<String> {
+    use crate::admission::{self, Request};
+    let memory = change
+        .memory
+        .flatten()
+        .filter(|m| *m > held.memory.unwrap_or(0));
+    let cpus = change
+        .cpus
+        .flatten()
+        .filter(|c| *c > held.cpus.unwrap_or(0.0) + 1e-9);
+    if memory.is_none() && cpus.is_none() {
+        return Vec::new();
+    }
+    let request = Request {
+        uid: held.uid,
+        project: held.project.clone(),
+        memory,
+        cpus,
+        gpus: 0,
+    };
+    let mut checks = Vec::new();
+    if let Some(h) = host {
+        checks.extend(admission::reservation_checks(
+            &policy.admission,
+            h,
+            &others.all,
+            &request,
+        ));
+    }
+    checks.extend(admission::quota_checks_counting(
+        policy, others, &request, false,
+    ));
+    checks
+        .into_iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("update: {}", c.text))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +319,110 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("cannot read the update's resources stdin"));
+    }
+
+    #[test]
+    fn a_raise_is_held_to_quotas_and_reservations() {
+        use crate::admission::{LiveUsage, Usage};
+        use crate::inventory::{Held, LimitChange};
+        const G: u64 = 1 << 30;
+        let mut policy: crate::policy::Policy = toml::from_str(
+            "[admission]\nmemory_overcommit = 1.0\n\n[[quota]]\nuser = 1000\nmax_memory = \"4G\"\nmax_cpus = 4\nmax_containers = 1\n",
+        )
+        .unwrap();
+        policy.validate().unwrap();
+        let host = crate::host::HostState {
+            mem_total: 10 * G,
+            mem_available: 10 * G,
+            swap_total: 0,
+            swap_free: 0,
+            load1: 0.0,
+            cpus: 8.0,
+            pressure: Default::default(),
+        };
+        let held = Held {
+            uid: 1000,
+            project: None,
+            memory: Some(G),
+            cpus: Some(1.0),
+            gpus: 0,
+        };
+        // One other container of the same user holds 2G and 2 CPUs; the host has 5G
+        // reserved all told, this one's 1G not among it.
+        let others = LiveUsage {
+            all: Usage {
+                containers: 3,
+                memory: 5 * G,
+                cpus: 3.0,
+                gpus: 0,
+            },
+            user: Usage {
+                containers: 1,
+                memory: 2 * G,
+                cpus: 2.0,
+                gpus: 0,
+            },
+            ..Default::default()
+        };
+        let change = |memory: Option<Option<u64>>, cpus: Option<Option<f64>>| LimitChange {
+            memory,
+            cpus,
+            pids: None,
+        };
+        let cases: Vec<(&str, LimitChange, Vec<&str>)> = vec![
+            ("within the quota", change(Some(Some(2 * G)), None), vec![]),
+            (
+                "memory past the user's quota",
+                change(Some(Some(3 * G)), None),
+                vec!["update: quota user=1000: memory 2G live + 3G requested > 4G"],
+            ),
+            (
+                "cpus past the quota",
+                change(None, Some(Some(3.0))),
+                vec!["update: quota user=1000: cpus 2 live + 3 requested > 4"],
+            ),
+            (
+                "past the host's reservations too",
+                change(Some(Some(4 * G)), None),
+                vec![
+                    "update: memory reservations 5G + 4G requested > 8G (MemTotal 10G x 1 - 2G) ([admission] memory_overcommit, reserved_memory)",
+                    "update: quota user=1000: memory 2G live + 4G requested > 4G",
+                ],
+            ),
+            ("lowered: never held back", change(Some(Some(G / 2)), Some(Some(0.5))), vec![]),
+            ("lifted: the maxima's business", change(Some(None), Some(None)), vec![]),
+            ("nothing changed", change(None, None), vec![]),
+        ];
+        for (name, c, want) in cases {
+            assert_eq!(
+                quota_refusals(&policy, Some(&host), &held, &others, &c),
+                want,
+                "{name}"
+            );
+        }
+        // max_containers is not counted again: the container is already live.
+        assert!(quota_refusals(
+            &policy,
+            None,
+            &held,
+            &others,
+            &change(Some(Some(G + 1)), None)
+        )
+        .is_empty());
+        // An unlimited container given a limit counts from nothing.
+        let unlimited = Held {
+            memory: None,
+            ..held.clone()
+        };
+        assert_eq!(
+            quota_refusals(
+                &policy,
+                None,
+                &unlimited,
+                &others,
+                &change(Some(Some(3 * G)), None)
+            ),
+            vec!["update: quota user=1000: memory 2G live + 3G requested > 4G"]
+        );
     }
 }

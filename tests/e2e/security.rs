@@ -231,6 +231,80 @@ fn docker_update_is_held_to_the_maxima() {
     docker(&["rm", "-f", &id]);
 }
 
+/// `docker update` cannot raise a container past its user's quota either: the raise is
+/// held to quotas (and reservations) as a create is, beside the user's other live
+/// containers; one that fits applies and is what the inventory counts from then on.
+#[test]
+fn docker_update_is_held_to_quotas() {
+    let Some((_g, policy)) = engine(
+        "docker_update_quota",
+        &[],
+        "[[quota]]\nothers = true\nmax_memory = \"1G\"\n",
+    ) else {
+        return;
+    };
+    let run_with = |memory: &str| {
+        docker(&[
+            "run",
+            "-d",
+            "-m",
+            memory,
+            "--memory-swap",
+            memory,
+            IMAGE,
+            "sleep",
+            "600",
+        ])
+    };
+    let a = run_with("512m");
+    let b = run_with("256m");
+    let seen = || limits(&docker(&["exec", &a, "sh", "-c", SHOW_LIMITS])).0;
+    let o = run(&mut docker_cmd(&[
+        "update",
+        "-m",
+        "900m",
+        "--memory-swap",
+        "900m",
+        &a,
+    ]));
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "mlenv: refused: update: quota user=0 (others): memory 256M live + 900M requested > 1G"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        seen(),
+        (512u64 << 20).to_string(),
+        "refused update not applied"
+    );
+    docker(&["update", "-m", "768m", "--memory-swap", "768m", &a]);
+    assert_eq!(seen(), (768u64 << 20).to_string());
+    let live = policy.live();
+    let row = live
+        .iter()
+        .find(|l| l["container_id"] == a.as_str())
+        .unwrap_or_else(|| panic!("{live:?}"));
+    assert_eq!(row["limits"]["memory"], 768u64 << 20, "{live:?}");
+    // The room is taken now: b cannot grow into it.
+    let o = run(&mut docker_cmd(&[
+        "update",
+        "-m",
+        "512m",
+        "--memory-swap",
+        "512m",
+        &b,
+    ]));
+    assert!(
+        stderr(&o).contains("memory 768M live + 512M requested > 1G"),
+        "{}",
+        stderr(&o)
+    );
+    docker(&["rm", "-f", &a, &b]);
+}
+
 /// `docker exec --privileged` cannot get around the capability allowlist; a plain
 /// exec passes.
 #[test]

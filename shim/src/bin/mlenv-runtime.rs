@@ -276,11 +276,30 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     if !refusals.is_empty() {
         refuse(&mut log, &refusals.join("; "));
     }
+    // Held to reservations and quotas as a create is, in the transaction that
+    // records the new limits: two raises at once cannot both pass on the same room.
     if let Some(id) = &inv.container_id {
-        let recorded = mlenv::inventory::Inventory::open(&loaded.policy.inventory.path)
-            .and_then(|mut i| i.set_limits(id, u.recorded()));
-        if let Err(e) = recorded {
-            eprintln!("mlenv: warning: limits updated, but not recorded in the inventory: {e}");
+        use mlenv::host::Host;
+        let change = u.recorded();
+        let host = ProcHost::default().probe().ok();
+        let recorded =
+            mlenv::inventory::Inventory::open(&loaded.policy.inventory.path).and_then(|mut i| {
+                i.update_limits(id, inv.root_text().as_deref(), change, |held, others| {
+                    mlenv::update::quota_refusals(
+                        &loaded.policy,
+                        host.as_ref(),
+                        held,
+                        others,
+                        &change,
+                    )
+                })
+            });
+        match recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(refusals)) => refuse(&mut log, &refusals.join("; ")),
+            Err(e) => eprintln!(
+                "mlenv: warning: limits updated, but not checked against quotas or recorded in the inventory: {e}"
+            ),
         }
     }
     if let Some(bytes) = stdin {
