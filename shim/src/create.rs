@@ -266,6 +266,19 @@ pub fn decide(
                 request.gpus = s.asked;
                 match &s.refusal {
                     Some(r) => gpu_refusals.push(r.clone()),
+                    // Device nodes already in the spec: the GPUs are in place, whoever
+                    // put them there; lease them.
+                    None if matches!(
+                        gpus.request,
+                        GpuRequest::Devices {
+                            source: crate::gpu::request::Source::DeviceNodes,
+                            ..
+                        }
+                    ) =>
+                    {
+                        gpu_actions = vec![leased(&s.grant)];
+                        injected = Some(spec.clone());
+                    }
                     // The engine put the GPUs it was asked for in place: lease them.
                     None if mode != Mode::Runtime => match &gpus.request {
                         GpuRequest::Devices { .. } => {
@@ -453,11 +466,20 @@ impl Gpus {
             }
             _ => {}
         }
+        // From a hook nothing is injected, nor where the device nodes are in the spec
+        // already: nothing to prepare.
+        let in_place = mode != Mode::Runtime
+            || matches!(
+                out.request,
+                GpuRequest::Devices {
+                    source: crate::gpu::request::Source::DeviceNodes,
+                    ..
+                }
+            );
         let read = crate::gpu::probe(policy.gpu.nvml_library.as_deref())
             .map_err(|e| format!("cannot read the GPUs: {e}"))
             .and_then(|gpus| {
-                // From a hook nothing is injected: nothing to prepare.
-                if mode != Mode::Runtime {
+                if in_place {
                     return Ok((gpus, Prepared::Nvidia { add_hook: None }, Vec::new()));
                 }
                 inject::prepare(&policy.gpu, spec, &gpus)
@@ -1193,6 +1215,52 @@ mod tests {
 
     fn written(f: &Fixture) -> serde_json::Value {
         serde_json::from_str(&fs::read_to_string(f.bundle.join("config.json")).unwrap()).unwrap()
+    }
+
+    /// `docker run --device /dev/nvidia2`: the GPU is in the container whatever mlenv
+    /// does, so it is leased (nothing injected), and a second container given the
+    /// same node is refused.
+    #[test]
+    fn gpu_device_nodes_given_directly_are_leased() {
+        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(FOUR_GPUS) else {
+            return;
+        };
+        let with_node = |minor: u32| {
+            let mut s = spec();
+            s["linux"]["devices"] = serde_json::json!([
+                {"path": format!("/dev/nvidia{minor}"), "type": "c", "major": 195, "minor": minor},
+                {"path": "/dev/nvidiactl", "type": "c", "major": 195, "minor": 255}
+            ]);
+            s
+        };
+        let f = fixture("", with_node(2));
+        let text = fs::read_to_string(&f.main).unwrap();
+        // Injection through NVIDIA's hook, which this host lacks: not needed here.
+        fs::write(
+            &f.main,
+            format!("{text}[gpu]\nnvml_library = {lib:?}\ninject = \"nvidia\"\nnvidia_hook = \"/nonexistent/hook\"\n"),
+        )
+        .unwrap();
+        let mut log = RuncLog::stderr_only();
+        let host = running(&["n1", "n2"]);
+        let v = run_create(&f, "n1", &host, &mut log).unwrap();
+        assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
+        assert_eq!(written(&f), with_node(2), "nothing injected");
+        let db = f.dir.path().join("inv/mlenv.db");
+        let inv = Inventory::open(&db).unwrap();
+        assert_eq!(inv.live().unwrap()[0].gpus, [2]);
+        let d = inv.find("n1").unwrap().unwrap();
+        assert!(d.reason.contains("GPU 2 leased"), "{}", d.reason);
+        assert_eq!(d.detail["gpu_request"], "GPUs /dev/nvidia2 (device nodes)");
+
+        fs::write(f.bundle.join("config.json"), with_node(2).to_string()).unwrap();
+        match run_create(&f, "n2", &host, &mut log).unwrap() {
+            Verdict::Refused(r) => assert!(
+                r.contains("GPU 2 (GPU-22222222) requested: leased to n1"),
+                "{r}"
+            ),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]

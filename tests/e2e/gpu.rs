@@ -193,6 +193,65 @@ fn a_gpu_request_sees_exactly_the_best_gpus() {
     assert_eq!(out, format!("nvidia2\nnvidiactl\nNVD={}\nCDI=yes", uuid(2)));
 }
 
+/// `docker run --device /dev/nvidia2` puts the GPU in the container past any GPU
+/// request: mlenv leases it all the same, and the next container given that node is
+/// refused while the first holds it. A request in the environment beside the nodes is
+/// refused as ambiguous.
+#[test]
+fn a_gpu_device_node_given_directly_is_leased() {
+    let host = GpuHost::new(&four_gpus(), 4);
+    let Some((_g, policy)) = engine("gpu_device_nodes", &["mknod"], &host.policy("devices")) else {
+        return;
+    };
+    let node = format!("{}:/dev/nvidia2", host.dev.join("nvidia2").display());
+    let first = docker(&["run", "-d", "--device", &node, IMAGE, "sleep", "600"]);
+    assert_eq!(
+        docker(&["exec", &first, "sh", "-c", "ls /dev | grep nvidia"]),
+        "nvidia2"
+    );
+    let live = policy.live();
+    assert_eq!(live[0]["gpus"], serde_json::json!([2]), "{live:?}");
+    let o = run(&mut docker_cmd(&[
+        "run", "--rm", "--device", &node, IMAGE, "true",
+    ]));
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mlenv: refused: GPU 2 (GPU-22222222) requested: leased to "),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&mut docker_cmd(&[
+        "run",
+        "--rm",
+        "-e",
+        "MLENV_GPUS=1",
+        "--device",
+        &node,
+        IMAGE,
+        "true",
+    ]));
+    assert!(
+        stderr(&o).contains("mlenv: refused: GPU device nodes /dev/nvidia2 given to the container directly and 1 GPU (MLENV_GPUS) asked for: ask one way"),
+        "{}",
+        stderr(&o)
+    );
+    docker(&["rm", "-f", &first]);
+    assert_eq!(
+        docker(&[
+            "run",
+            "--rm",
+            "--device",
+            &node,
+            IMAGE,
+            "sh",
+            "-c",
+            "ls /dev | grep nvidia"
+        ]),
+        "nvidia2",
+        "released with the first container"
+    );
+}
+
 #[test]
 fn with_no_free_gpu_the_refusal_names_each_gpu() {
     let gpus = format!(

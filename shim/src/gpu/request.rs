@@ -15,6 +15,9 @@ pub enum DeviceId {
     Index(u32),
     /// `GPU-...` or `MIG-...`.
     Uuid(String),
+    /// The GPU whose device node has this minor number (`/dev/nvidiaN`), given to the
+    /// container directly.
+    Minor(u32),
 }
 
 /// Where the request came from, for messages and policy.
@@ -26,6 +29,9 @@ pub enum Source {
     NvidiaVisibleDevices,
     /// Docker's `--gpus`, seen as NVIDIA's hook.
     DockerGpus,
+    /// GPU device nodes already in the spec: `--device /dev/nvidiaN`, or CDI devices
+    /// the engine resolved (`podman --device nvidia.com/gpu=0`).
+    DeviceNodes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,6 +52,7 @@ impl std::fmt::Display for Source {
             Source::MlenvGpus => "MLENV_GPUS",
             Source::NvidiaVisibleDevices => "NVIDIA_VISIBLE_DEVICES",
             Source::DockerGpus => "docker --gpus",
+            Source::DeviceNodes => "device nodes",
         })
     }
 }
@@ -64,6 +71,7 @@ impl std::fmt::Display for GpuRequest {
                     .map(|i| match i {
                         DeviceId::Index(i) => i.to_string(),
                         DeviceId::Uuid(u) => u.clone(),
+                        DeviceId::Minor(m) => format!("/dev/nvidia{m}"),
                     })
                     .collect();
                 write!(f, "GPUs {} ({source})", ids.join(","))
@@ -79,6 +87,51 @@ pub enum RequestError {
     MlenvGpus(String),
     #[error("NVIDIA_VISIBLE_DEVICES={0:?}: expected GPU indexes or UUIDs separated by commas, all, none or void")]
     VisibleDevices(String),
+    #[error("GPU device nodes {nodes} given to the container directly and {asked} asked for: ask one way; drop --device /dev/nvidiaN and ask with MLENV_GPUS, NVIDIA_VISIBLE_DEVICES or --gpus, or set MLENV_GPUS=0 beside the device nodes (a CUDA image's environment asks for every GPU)")]
+    Both { nodes: String, asked: String },
+}
+
+/// NVIDIA's character major: /dev/nvidiaN is 195:N; 195:254 is nvidia-modeset and
+/// 195:255 nvidiactl, which name no GPU.
+const NVIDIA_MAJOR: u64 = 195;
+const FIRST_CONTROL_MINOR: u64 = 254;
+
+/// The minor numbers of the GPU device nodes already in the spec (`linux.devices`),
+/// sorted: by major and minor where the entry has them (Docker's `--device` and CDI
+/// fill them in from the host's node), else by a `/dev/nvidiaN` path.
+pub fn gpu_nodes(spec: &Spec) -> Vec<u32> {
+    let Some(devices) = spec
+        .json
+        .pointer("/linux/devices")
+        .and_then(|d| d.as_array())
+    else {
+        return Vec::new();
+    };
+    let mut minors: Vec<u32> = devices
+        .iter()
+        .filter_map(|d| {
+            let num = |k: &str| d.get(k).and_then(serde_json::Value::as_u64);
+            let minor = match (num("major"), num("minor")) {
+                (Some(major), Some(minor)) => (major == NVIDIA_MAJOR
+                    && minor < FIRST_CONTROL_MINOR
+                    && d.get("type")
+                        .and_then(|t| t.as_str())
+                        .is_none_or(|t| t == "c"))
+                .then_some(minor),
+                _ => d
+                    .get("path")
+                    .and_then(|p| p.as_str())
+                    .and_then(|p| p.strip_prefix("/dev/nvidia"))
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.parse().ok())
+                    .filter(|m| *m < FIRST_CONTROL_MINOR),
+            };
+            minor.and_then(|m| u32::try_from(m).ok())
+        })
+        .collect();
+    minors.sort_unstable();
+    minors.dedup();
+    minors
 }
 
 /// Whether the spec carries NVIDIA's prestart hook: Docker's `--gpus` was used.
@@ -104,7 +157,33 @@ pub fn has_nvidia_hook(spec: &Spec) -> bool {
 /// where the engine's NVIDIA hook is in the spec (`docker run --gpus`): the hook acts
 /// on NVIDIA_VISIBLE_DEVICES, so `MLENV_GPUS=0` cannot cancel that request (it would
 /// hand GPUs out with no lease and no check).
+///
+/// GPU device nodes already in the spec (`--device /dev/nvidia3`, CDI devices an
+/// engine resolved) are a request for those GPUs: they reach the container whatever
+/// else happens, so they are leased like any other. With a request in the environment
+/// as well, it is an error: which of the two would the container use?
 pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
+    let asked = parse_env(spec)?;
+    let nodes = gpu_nodes(spec);
+    match (asked, nodes.is_empty()) {
+        (asked, true) => Ok(asked),
+        (GpuRequest::None, false) => Ok(GpuRequest::Devices {
+            ids: nodes.into_iter().map(DeviceId::Minor).collect(),
+            source: Source::DeviceNodes,
+        }),
+        (asked, false) => Err(RequestError::Both {
+            nodes: nodes
+                .iter()
+                .map(|m| format!("/dev/nvidia{m}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            asked: asked.to_string(),
+        }),
+    }
+}
+
+/// The request in the environment: `MLENV_GPUS`, else `NVIDIA_VISIBLE_DEVICES`.
+fn parse_env(spec: &Spec) -> Result<GpuRequest, RequestError> {
     let engine_hook = has_nvidia_hook(spec);
     if let Some(v) = spec
         .env("MLENV_GPUS")
@@ -349,5 +428,67 @@ mod tests {
         for (name, want) in rows {
             assert_eq!(parse(&load(name)).unwrap(), want, "{name}");
         }
+    }
+
+    #[test]
+    fn device_nodes_in_the_spec_are_a_request() {
+        use DeviceId::*;
+        let with = |env: &[&str], devices: serde_json::Value| {
+            let mut s = spec(env, false);
+            s.json["linux"] = json!({ "devices": devices });
+            s
+        };
+        let node = |path: &str, major: u32, minor: u32| json!({"path": path, "type": "c", "major": major, "minor": minor});
+        let docker = json!([
+            node("/dev/nvidia3", 195, 3),
+            node("/dev/nvidiactl", 195, 255),
+            node("/dev/nvidia-modeset", 195, 254),
+            node("/dev/nvidia-uvm", 511, 0),
+            node("/dev/fuse", 10, 229),
+        ]);
+        let nodes = |m: &[u32]| {
+            Ok(GpuRequest::Devices {
+                ids: m.iter().map(|&m| Minor(m)).collect(),
+                source: Source::DeviceNodes,
+            })
+        };
+        assert_eq!(parse(&with(&[], docker.clone())), nodes(&[3]));
+        // CDI's environment says void; a CUDA image opted out with MLENV_GPUS=0.
+        assert_eq!(
+            parse(&with(&["NVIDIA_VISIBLE_DEVICES=void"], docker.clone())),
+            nodes(&[3])
+        );
+        assert_eq!(
+            parse(&with(
+                &["MLENV_GPUS=0", "NVIDIA_VISIBLE_DEVICES=all"],
+                docker.clone()
+            )),
+            nodes(&[3])
+        );
+        // By number whatever the path; by path where no number is given.
+        assert_eq!(
+            parse(&with(
+                &[],
+                json!([node("/dev/gpu-b", 195, 2), {"path": "/dev/nvidia1"}, {"path": "/dev/nvidia2"}, {"path": "/dev/nvidiactl"}])
+            )),
+            nodes(&[1, 2])
+        );
+        assert_eq!(
+            parse(&with(&["MLENV_GPUS=1"], docker.clone())),
+            Err(RequestError::Both {
+                nodes: "/dev/nvidia3".into(),
+                asked: "1 GPU (MLENV_GPUS)".into()
+            })
+        );
+        let e = parse(&with(&["NVIDIA_VISIBLE_DEVICES=all"], docker)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("GPU device nodes /dev/nvidia3 given to the container directly and every GPU (NVIDIA_VISIBLE_DEVICES) asked for: ask one way"),
+            "{e}"
+        );
+        // Control nodes alone ask for no GPU.
+        assert_eq!(
+            parse(&with(&[], json!([node("/dev/nvidiactl", 195, 255)]))),
+            Ok(GpuRequest::None)
+        );
     }
 }

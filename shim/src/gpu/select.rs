@@ -293,10 +293,12 @@ pub fn select(
                 let found = match id {
                     DeviceId::Index(i) => gpus.iter().position(|g| g.index == *i),
                     DeviceId::Uuid(u) => gpus.iter().position(|g| &g.uuid == u),
+                    DeviceId::Minor(m) => gpus.iter().position(|g| g.minor == *m),
                 };
                 let name = match id {
                     DeviceId::Index(i) => format!("GPU {i}"),
                     DeviceId::Uuid(u) => u.clone(),
+                    DeviceId::Minor(m) => format!("/dev/nvidia{m}"),
                 };
                 match found {
                     None if matches!(id, DeviceId::Uuid(u) if u.starts_with("MIG-")) => {
