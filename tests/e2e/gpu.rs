@@ -71,6 +71,11 @@ impl GpuHost {
         dir
     }
 
+    /// Where the device nodes are.
+    pub(crate) fn dev(&self) -> &Path {
+        &self.dev
+    }
+
     /// The `[gpu]` section for this host.
     pub(crate) fn policy(&self, inject: &str) -> String {
         format!(
@@ -85,7 +90,7 @@ pub(crate) fn uuid(i: u32) -> String {
 }
 
 /// Four GPUs: 0 at 90% utilization, 1 at 20%, 2 idle, 3 at 5%.
-fn four_gpus() -> String {
+pub(crate) fn four_gpus() -> String {
     let util = [90, 20, 0, 5];
     let gpus: Vec<String> = (0..4)
         .map(|i| {

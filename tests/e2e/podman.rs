@@ -157,3 +157,59 @@ fn podman_with_only_the_hooks_directory_enforces_a_quota() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A CDI spec under /var/run/cdi, where podman looks, removed when dropped.
+struct CdiSpec(PathBuf);
+
+impl Drop for CdiSpec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// podman resolves a CDI device (`--device KIND=NAME`) into device nodes itself, and
+/// mlenv-hook, alone from the hooks directory, cannot change the container: it leases
+/// the GPU by its device node, and refuses the next container given the same one.
+#[test]
+fn podman_cdi_gpu_is_leased_by_the_hook() {
+    if !require("podman_cdi", &["podman", "runc", "mknod"], &[]) {
+        return;
+    }
+    let host = crate::gpu::GpuHost::new(&crate::gpu::four_gpus(), 4);
+    let policy = Policy::write(None, &host.policy("nvidia"));
+    let podman = Podman::new(&policy);
+    // A kind of this test's own, so that no real GPU spec of the host is touched.
+    let kind = format!("mlenv-e2e-{}.example/gpu", std::process::id());
+    let dir = Path::new("/var/run/cdi");
+    std::fs::create_dir_all(dir).unwrap();
+    let node = |name: &str| serde_json::json!({"path": format!("/dev/{name}"), "hostPath": host.dev().join(name)});
+    let spec = serde_json::json!({
+        "cdiVersion": "0.5.0",
+        "kind": kind,
+        "devices": [{"name": "gpu1", "containerEdits": {"deviceNodes": [node("nvidia1")]}}],
+        "containerEdits": {
+            "env": ["NVIDIA_VISIBLE_DEVICES=void"],
+            "deviceNodes": [node("nvidiactl")]
+        }
+    });
+    let file = CdiSpec(dir.join(format!("mlenv-e2e-{}.json", std::process::id())));
+    std::fs::write(&file.0, spec.to_string()).unwrap();
+    let device = format!("{kind}=gpu1");
+    let first = ok(&mut podman.run(&["-d", "--device", &device, "mlenv-busybox", "sleep", "600"]));
+    let first = first.trim();
+    let live = policy.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["gpus"], serde_json::json!([1]), "{live:?}");
+    let o = run(&mut podman.run(&["--rm", "--device", &device, "mlenv-busybox", "true"]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains(&format!(
+            "mlenv: refused: GPU 1 (GPU-11111111) requested: leased to {} (user 0)",
+            &first[..12]
+        )),
+        "{err}"
+    );
+    ok(&mut podman.cmd(&["rm", "--force", "--time", "0", first]));
+    assert!(policy.live().is_empty(), "released at removal");
+}
