@@ -266,19 +266,6 @@ pub fn decide(
                 request.gpus = s.asked;
                 match &s.refusal {
                     Some(r) => gpu_refusals.push(r.clone()),
-                    // Device nodes already in the spec: the GPUs are in place, whoever
-                    // put them there; lease them.
-                    None if matches!(
-                        gpus.request,
-                        GpuRequest::Devices {
-                            source: crate::gpu::request::Source::DeviceNodes,
-                            ..
-                        }
-                    ) =>
-                    {
-                        gpu_actions = vec![leased(&s.grant)];
-                        injected = Some(spec.clone());
-                    }
                     // The engine put the GPUs it was asked for in place: lease them.
                     None if mode != Mode::Runtime => match &gpus.request {
                         GpuRequest::Devices { .. } => {
@@ -447,6 +434,11 @@ impl Gpus {
                 return out;
             }
         };
+        if crate::gpu::request::has_mig_nodes(spec) {
+            notes.push(
+                "MIG device nodes in the spec passed through, not leased (MIG devices are not managed by mlenv)".into(),
+            );
+        }
         match out.request {
             GpuRequest::None => return out,
             GpuRequest::All { .. } if policy.gpu.all == crate::policy::AllGpus::Pass => {
@@ -480,7 +472,7 @@ impl Gpus {
             .map_err(|e| format!("cannot read the GPUs: {e}"))
             .and_then(|gpus| {
                 if in_place {
-                    return Ok((gpus, Prepared::Nvidia { add_hook: None }, Vec::new()));
+                    return Ok((gpus, Prepared::InPlace, Vec::new()));
                 }
                 inject::prepare(&policy.gpu, spec, &gpus)
                     .map(|(prepared, blocked)| (gpus, prepared, blocked))
@@ -488,6 +480,9 @@ impl Gpus {
             });
         match (read, policy.admission.on_error) {
             (Ok(host), _) => {
+                if let Err(e) = crate::gpu::request::nodes_agree(spec, &host.0) {
+                    out.refusals.push(e.to_string());
+                }
                 // MPS: a share asked for, or every GPU shared.
                 let asked = crate::gpu::mps::MpsSection::asked(spec);
                 if select::wants_share(&host.0, &policy.mps, asked) {
@@ -1259,6 +1254,116 @@ mod tests {
                 r.contains("GPU 2 (GPU-22222222) requested: leased to n1"),
                 "{r}"
             ),
+            v => panic!("{v:?}"),
+        }
+
+        let host = running(&["n1", "n3", "n4", "n5", "n6"]);
+        let create = |id: &str, spec: &serde_json::Value| {
+            fs::write(f.bundle.join("config.json"), spec.to_string()).unwrap();
+            run_create(&f, id, &host, &mut RuncLog::stderr_only()).unwrap()
+        };
+        let with_env = |minor: u32, env: &str| {
+            let mut s = with_node(minor);
+            s["process"]["env"] = serde_json::json!([env]);
+            s
+        };
+        // The GPU named beside its node (a device plugin passing both): leased, the
+        // environment kept.
+        let named = with_env(
+            3,
+            "NVIDIA_VISIBLE_DEVICES=GPU-33333333-3333-3333-3333-333333333333",
+        );
+        assert!(matches!(create("n3", &named), Verdict::Admitted { .. }));
+        assert_eq!(written(&f), named);
+        // Another GPU named: which one would the container use?
+        match create("n4", &with_env(1, "NVIDIA_VISIBLE_DEVICES=0")) {
+            Verdict::Refused(r) => assert!(
+                r.starts_with("GPU device nodes /dev/nvidia1 given to the container directly and GPUs 0 (NVIDIA_VISIBLE_DEVICES) asked for"),
+                "{r}"
+            ),
+            v => panic!("{v:?}"),
+        }
+        // A CUDA image's NVIDIA_VISIBLE_DEVICES=all does not count beside the nodes.
+        assert!(matches!(
+            create("n5", &with_env(1, "NVIDIA_VISIBLE_DEVICES=all")),
+            Verdict::Admitted { .. }
+        ));
+        // --privileged lists every node, leased ones too: not a request.
+        let mut privileged = with_node(2);
+        privileged["linux"]["devices"].as_array_mut().unwrap().push(
+            serde_json::json!({"path": "/dev/nvidia3", "type": "c", "major": 195, "minor": 3}),
+        );
+        privileged["linux"]["resources"] =
+            serde_json::json!({"devices": [{"allow": true, "access": "rwm"}]});
+        let text = fs::read_to_string(&f.main).unwrap();
+        fs::write(
+            &f.main,
+            format!("{text}[security]\nrefuse_privileged = false\n"),
+        )
+        .unwrap();
+        assert!(matches!(
+            create("n6", &privileged),
+            Verdict::Admitted { .. }
+        ));
+        let inv = Inventory::open(&db).unwrap();
+        let live: Vec<(String, Vec<u32>)> = inv
+            .live()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.container_id, c.gpus))
+            .collect();
+        assert_eq!(
+            live,
+            [
+                ("n1".to_string(), vec![2]),
+                ("n3".to_string(), vec![3]),
+                ("n5".to_string(), vec![1]),
+                ("n6".to_string(), vec![]),
+            ]
+        );
+    }
+
+    #[test]
+    fn gpu_device_nodes_on_an_mps_gpu_get_the_share_applied() {
+        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(FOUR_GPUS) else {
+            return;
+        };
+        let mut spec = spec();
+        spec["linux"]["devices"] = serde_json::json!([
+            {"path": "/dev/nvidia2", "type": "c", "major": 195, "minor": 2}
+        ]);
+        spec["process"]["env"] = serde_json::json!(["MLENV_GPU_MEMORY=8G"]);
+        let f = fixture(
+            &format!("[gpu]\nnvml_library = {lib:?}\n[mps]\ngpus = [2]\n"),
+            spec.clone(),
+        );
+        let v = run_create(&f, "m1", &running(&["m1"]), &mut RuncLog::stderr_only()).unwrap();
+        assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
+        let w = written(&f);
+        let env = w["process"]["env"].as_array().unwrap();
+        assert!(
+            env.contains(
+                &"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=GPU-22222222-2222-2222-2222-222222222222=8G"
+                    .into()
+            ),
+            "{env:?}"
+        );
+        assert_eq!(
+            w["linux"]["devices"], spec["linux"]["devices"],
+            "no device added"
+        );
+        // Without a share the MPS GPU is not handed over whole.
+        spec["process"]["env"] = serde_json::json!([]);
+        fs::write(f.bundle.join("config.json"), spec.to_string()).unwrap();
+        match run_create(
+            &f,
+            "m2",
+            &running(&["m1", "m2"]),
+            &mut RuncLog::stderr_only(),
+        )
+        .unwrap()
+        {
+            Verdict::Refused(r) => assert!(r.contains("shared through MPS"), "{r}"),
             v => panic!("{v:?}"),
         }
     }

@@ -12,7 +12,7 @@ use crate::gpu::select::{Granted, LiveLease};
 use crate::host::Host;
 use crate::liveness::{self, Liveness, Tracked};
 use rusqlite::config::DbConfig;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -362,6 +362,26 @@ impl Inventory {
             Err(e) if e.is_corrupt() => Inventory::start_again(path, None),
             other => other,
         }
+    }
+
+    /// Opens an existing inventory to read only: nothing created, migrated, recovered
+    /// or checkpointed. For lookups off the decision path (`exec`), which must not
+    /// change the file nor wait on a writer (WAL readers never do).
+    pub fn open_to_read(path: &Path) -> Result<Inventory, InventoryError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| InventoryError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Inventory {
+            conn,
+            path: path.to_path_buf(),
+            ino: None,
+            set_aside: None,
+        })
     }
 
     /// After `e`, an error of this connection: when it says the file is corrupt,
@@ -762,26 +782,31 @@ impl Inventory {
         })
     }
 
-    /// Records new limits of the live container `id` (under runtime root `root`)
-    /// after an update, in one immediate transaction with `check`: it is given the
-    /// container and what every *other* live container holds (all, its user's, its
-    /// project's), and returns the refusals; with none, memory and CPUs count in
-    /// reservations and quotas from then on. `None` in `change` leaves a limit as it
-    /// is. `Ok(Ok(0))`: no such live container, nothing checked.
+    /// Records new limits of the live container `id` (under runtime root `root`, or
+    /// recorded by the hook with none) after an update, in one immediate transaction
+    /// with `check`: it is given the container and what every *other* live container
+    /// holds (all, its user's, its project's), and returns the refusals; with none,
+    /// memory and CPUs count in reservations and quotas from then on. As for a
+    /// create, a refusal is made again after ending the counted containers that are
+    /// gone ([`Host`]), if any was. `None` in `change` leaves a limit as it is.
+    /// `Ok(Ok(0))`: no such live container, nothing checked.
     pub fn update_limits(
         &mut self,
         container_id: &str,
         root: Option<&str>,
         change: LimitChange,
-        check: impl FnOnce(&Held, &LiveUsage) -> Vec<String>,
+        host: &dyn Host,
+        now_ms: i64,
+        mut check: impl FnMut(&Held, &LiveUsage) -> Vec<String>,
     ) -> Result<Result<usize, Vec<String>>, InventoryError> {
         let LimitChange { memory, cpus, pids } = change;
         self.write(|tx| {
             let found = tx
                 .query_row(
                     "SELECT id, uid, project, memory, cpus, gpus FROM containers
-                     WHERE container_id = ?1 AND root IS ?2 AND ended_ms IS NULL
-                     ORDER BY id DESC LIMIT 1",
+                     WHERE container_id = ?1 AND (root IS ?2 OR root IS NULL)
+                       AND ended_ms IS NULL
+                     ORDER BY root IS ?2 DESC, id DESC LIMIT 1",
                     params![container_id, root],
                     |r| {
                         Ok((
@@ -801,14 +826,22 @@ impl Inventory {
             let Some((row, held)) = found else {
                 return Ok(Ok(0));
             };
-            let mut others = live_usage(tx, held.uid, held.project.as_deref())
-                .map_err(|e| ("summing live containers", e))?;
-            others.all.remove(&held);
-            others.user.remove(&held);
-            if held.project.is_some() {
-                others.project.remove(&held);
+            let others = || {
+                let mut others = live_usage(tx, held.uid, held.project.as_deref())
+                    .map_err(|e| ("summing live containers", e))?;
+                others.all.remove(&held);
+                others.user.remove(&held);
+                if held.project.is_some() {
+                    others.project.remove(&held);
+                }
+                Ok(others)
+            };
+            let mut refusals = check(&held, &others()?);
+            if !refusals.is_empty()
+                && reconcile_in(tx, host, now_ms).map_err(|e| ("checking live containers", e))? > 0
+            {
+                refusals = check(&held, &others()?);
             }
-            let refusals = check(&held, &others);
             if !refusals.is_empty() {
                 return Ok(Err(refusals));
             }
@@ -1378,6 +1411,27 @@ mod tests {
     }
 
     #[test]
+    fn open_to_read_creates_and_recovers_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mlenv.db");
+        assert!(Inventory::open_to_read(&path).is_err());
+        assert!(!path.exists(), "not created");
+        fs::write(
+            &path,
+            b"not a database, not at all: garbage garbage garbage",
+        )
+        .unwrap();
+        let reader = Inventory::open_to_read(&path);
+        assert!(reader.and_then(|r| r.live_bundle("a", None)).is_err());
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"not a database, not at all: garbage garbage garbage",
+            "left where it is"
+        );
+        assert!(Inventory::set_aside_files(&path).is_empty());
+    }
+
+    #[test]
     fn records_lists_and_ends() {
         let dir = tempfile::tempdir().unwrap();
         let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
@@ -1424,6 +1478,12 @@ mod tests {
             None,
             "refused"
         );
+        // Read only, beside the writer's open connection.
+        let reader = Inventory::open_to_read(&dir.path().join("mlenv.db")).unwrap();
+        assert_eq!(
+            reader.live_bundle("ccc333", Some("/run/r")).unwrap(),
+            Some(PathBuf::from("/b"))
+        );
 
         let h = inv.history(0, 10).unwrap();
         assert_eq!(h.len(), 3);
@@ -1445,19 +1505,32 @@ mod tests {
             .unwrap();
         inv.record(&decision("bbb222", 2000, Outcome::Admitted))
             .unwrap();
+        // Both live (crun's status files), then bbb222 gone.
+        let (_h, host) = crate::host::tests::fixture(&[
+            ("run/r/aaa111/status", "running"),
+            ("run/r/bbb222/status", "running"),
+        ]);
         let raise = LimitChange {
             memory: Some(Some(3 << 30)),
             ..Default::default()
         };
-        let mut seen = None;
+        let mut seen = Vec::new();
         let out = inv
-            .update_limits("aaa111", Some("/run/r"), raise, |held, others| {
-                seen = Some((held.clone(), others.clone()));
-                vec!["no".into()]
-            })
+            .update_limits(
+                "aaa111",
+                Some("/run/r"),
+                raise,
+                &host,
+                3000,
+                |held, others| {
+                    seen.push((held.clone(), others.clone()));
+                    vec!["no".into()]
+                },
+            )
             .unwrap();
         assert_eq!(out, Err(vec!["no".to_string()]));
-        let (held, others) = seen.unwrap();
+        assert_eq!(seen.len(), 1, "none gone: checked once");
+        let (held, others) = seen.pop().unwrap();
         assert_eq!(
             (held.uid, held.memory, held.cpus),
             (1000, Some(1 << 30), Some(1.5))
@@ -1472,16 +1545,37 @@ mod tests {
             Some(1 << 30),
             "refused: not recorded"
         );
+        // A refusal is made again once the gone bbb222 is ended.
+        fs::remove_file(host.root.join("run/r/bbb222/status")).unwrap();
         let out = inv
-            .update_limits("aaa111", Some("/run/r"), raise, |_, _| vec![])
+            .update_limits("aaa111", Some("/run/r"), raise, &host, 3000, |_, others| {
+                if others.all.containers > 0 {
+                    vec!["no".into()]
+                } else {
+                    vec![]
+                }
+            })
             .unwrap();
         assert_eq!(out, Ok(1));
-        assert_eq!(inv.live().unwrap()[0].limits.memory, Some(3 << 30));
+        let live = inv.live().unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].limits.memory, Some(3 << 30));
         assert_eq!(
-            inv.update_limits("aaa111", Some("/other"), raise, |_, _| vec!["x".into()])
-                .unwrap(),
+            inv.update_limits("aaa111", Some("/other"), raise, &host, 3000, |_, _| vec![
+                "x".into()
+            ])
+            .unwrap(),
             Ok(0),
             "another root: not this container"
+        );
+        // Recorded by the hook, with no root: found under any.
+        let mut hooked = decision("ccc333", 4000, Outcome::Admitted);
+        hooked.root = None;
+        inv.record(&hooked).unwrap();
+        assert_eq!(
+            inv.update_limits("ccc333", Some("/run/r"), raise, &host, 5000, |_, _| vec![])
+                .unwrap(),
+            Ok(1)
         );
     }
 

@@ -291,7 +291,7 @@ pub fn check_exec(process: Option<&Value>, caps: &[String], s: &SecuritySection)
 }
 
 /// Why the spec is privileged: a device cgroup rule that allows every device.
-fn privileged(spec: &Value) -> Option<String> {
+pub fn privileged(spec: &Value) -> Option<String> {
     let rules = spec.pointer("/linux/resources/devices")?.as_array()?;
     rules.iter().find_map(|r| {
         let all_types = r

@@ -144,9 +144,15 @@ pub fn map(spec: &mut Spec, s: &UserSection, files: &dyn Files) -> Result<Mapped
 /// gives an exec the image's user unless `-u` says otherwise) must not either. Under
 /// `remap` it runs as the container's own user, `container` (`process.user` of the
 /// container's config.json, when known and not root), else as `uid`/`gid`; under
-/// `refuse` it is refused. `process` is the exec's process (runc's `--process` file);
-/// one that is not an object is left to the runtime to reject. Idempotent.
-pub fn map_exec(process: &mut Value, container: Option<&Value>, s: &UserSection) -> Mapped {
+/// `refuse` it is refused. `container` is asked only for an exec as root under a rule
+/// that holds it: looking it up reads the inventory. `process` is the exec's process
+/// (runc's `--process` file); one that is not an object is left to the runtime to
+/// reject. Idempotent.
+pub fn map_exec(
+    process: &mut Value,
+    container: impl FnOnce() -> Option<Value>,
+    s: &UserSection,
+) -> Mapped {
     let Some(process) = process.as_object_mut() else {
         return Mapped::Kept;
     };
@@ -158,6 +164,8 @@ pub fn map_exec(process: &mut Value, container: Option<&Value>, s: &UserSection)
     if id(process.get("user"), "uid").unwrap_or(0) != 0 || s.root == RootRule::Allow {
         return Mapped::Kept;
     }
+    let container = container();
+    let container = container.as_ref();
     let own = container
         .and_then(|c| Some((id(Some(c), "uid")?, id(Some(c), "gid").unwrap_or(0))))
         .filter(|(uid, _)| *uid != 0);
@@ -244,6 +252,10 @@ pub fn add_device_groups(
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
+    // No empty list where there was none: the spec keeps all that is not changed.
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
     let list = spec.array_mut(&["process", "user"], "additionalGids")?;
     let mut added = Vec::new();
     for g in wanted {
@@ -542,16 +554,28 @@ mod tests {
         for (name, mut process, container, rule, want, want_process) in cases {
             let s = section(Mapping::Keep, rule);
             assert_eq!(
-                map_exec(&mut process, container.as_ref(), &s),
+                map_exec(&mut process, || container.clone(), &s),
                 want,
                 "{name}"
             );
             assert_eq!(process, want_process, "{name}");
             // Idempotent: a mapped exec no longer runs as root.
             if matches!(want, Mapped::Changed(_)) {
-                let again = map_exec(&mut process, container.as_ref(), &s);
+                let again = map_exec(&mut process, || container.clone(), &s);
                 assert_eq!((again, &process), (Mapped::Kept, &want_process), "{name}");
             }
+        }
+        // The container is looked up (the inventory read) only for an exec as root
+        // under a rule that holds it.
+        for (mut process, rule) in [
+            (exec(json!({"uid": 1000, "gid": 1000})), Refuse),
+            (as_root(), Allow),
+        ] {
+            let s = section(Mapping::Keep, rule);
+            assert_eq!(
+                map_exec(&mut process, || panic!("looked up"), &s),
+                Mapped::Kept
+            );
         }
     }
 

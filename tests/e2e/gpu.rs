@@ -240,7 +240,35 @@ fn a_gpu_device_node_given_directly_is_leased() {
         "{}",
         stderr(&o)
     );
-    docker(&["rm", "-f", &first]);
+    // As Kubernetes' device plugin passes a GPU: its node and its UUID. Leased; the
+    // same node under another GPU's name is refused.
+    let node3 = format!("{}:/dev/nvidia3", host.dev.join("nvidia3").display());
+    let named = format!("NVIDIA_VISIBLE_DEVICES={}", uuid(3));
+    let plugin = docker(&[
+        "run", "-d", "-e", &named, "--device", &node3, IMAGE, "sleep", "600",
+    ]);
+    assert_eq!(
+        docker(&[
+            "exec",
+            &plugin,
+            "sh",
+            "-c",
+            "ls /dev | grep nvidia; echo $NVIDIA_VISIBLE_DEVICES"
+        ]),
+        format!("nvidia3\n{}", uuid(3))
+    );
+    let gpus: Vec<serde_json::Value> = policy.live().iter().map(|c| c["gpus"].clone()).collect();
+    assert_eq!(gpus, [serde_json::json!([2]), serde_json::json!([3])]);
+    let other = format!("NVIDIA_VISIBLE_DEVICES={}", uuid(1));
+    let o = run(&mut docker_cmd(&[
+        "run", "--rm", "-e", &other, "--device", &node3, IMAGE, "true",
+    ]));
+    assert!(
+        stderr(&o).contains(&format!("mlenv: refused: GPU device nodes /dev/nvidia3 given to the container directly and GPUs {} (NVIDIA_VISIBLE_DEVICES) asked for", uuid(1))),
+        "{}",
+        stderr(&o)
+    );
+    docker(&["rm", "-f", &first, &plugin]);
     assert_eq!(
         docker(&[
             "run",

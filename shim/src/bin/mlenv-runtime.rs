@@ -179,8 +179,12 @@ fn exec(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! 
         // Engines pass the process as a file; `runc exec` typed with --user on the
         // host, by root, is left as typed.
         if let (Some(path), Some(process)) = (&process_file, &mut process) {
-            let container = container_user(inv, &loaded.policy.inventory.path);
-            match mlenv::user::map_exec(process, container.as_ref(), &loaded.policy.user) {
+            let inventory = &loaded.policy.inventory.path;
+            match mlenv::user::map_exec(
+                process,
+                || container_user(inv, inventory),
+                &loaded.policy.user,
+            ) {
                 mlenv::user::Mapped::Kept => {}
                 mlenv::user::Mapped::Refused(why) => fail(inv, &format!("mlenv: refused: {why}")),
                 mlenv::user::Mapped::Changed(_) => {
@@ -201,17 +205,14 @@ fn exec(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! 
 }
 
 /// `process.user` of the live container's config.json, as mlenv handed it over;
-/// `None` where the inventory does not know the container (created past mlenv) or the
-/// bundle is gone.
+/// `None` where the inventory does not know the container (created past mlenv), cannot
+/// be read (it is left as it is: recovery is for creates), or the bundle is gone.
 fn container_user(
     inv: &argv::Invocation,
     inventory: &std::path::Path,
 ) -> Option<serde_json::Value> {
     let id = inv.container_id.as_deref()?;
-    if !inventory.exists() {
-        return None;
-    }
-    let bundle = mlenv::inventory::Inventory::open(inventory)
+    let bundle = mlenv::inventory::Inventory::open_to_read(inventory)
         .ok()?
         .live_bundle(id, inv.root_text().as_deref())
         .ok()??;
@@ -281,20 +282,31 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     if let Some(id) = &inv.container_id {
         use mlenv::host::Host;
         let change = u.recorded();
-        let host = ProcHost::default().probe().ok();
+        let proc_host = ProcHost::default();
+        let host = proc_host.probe().ok();
         let recorded =
             mlenv::inventory::Inventory::open(&loaded.policy.inventory.path).and_then(|mut i| {
-                i.update_limits(id, inv.root_text().as_deref(), change, |held, others| {
-                    mlenv::update::quota_refusals(
-                        &loaded.policy,
-                        host.as_ref(),
-                        held,
-                        others,
-                        &change,
-                    )
-                })
+                i.update_limits(
+                    id,
+                    inv.root_text().as_deref(),
+                    change,
+                    &proc_host,
+                    clock.now_ms(),
+                    |held, others| {
+                        mlenv::update::quota_refusals(
+                            &loaded.policy,
+                            host.as_ref(),
+                            held,
+                            others,
+                            &change,
+                        )
+                    },
+                )
             });
         match recorded {
+            Ok(Ok(0)) => eprintln!(
+                "mlenv: warning: limits updated, but not checked against quotas: container {id} is not live in the inventory (created past mlenv, or before the inventory was started again)"
+            ),
             Ok(Ok(_)) => {}
             Ok(Err(refusals)) => refuse(&mut log, &refusals.join("; ")),
             Err(e) => eprintln!(

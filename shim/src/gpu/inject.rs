@@ -40,6 +40,9 @@ pub enum Prepared {
         gpus: Vec<(u32, Node)>,
     },
     Cdi(Box<super::cdi::Devices>),
+    /// The GPUs' device nodes are in the spec already (given to the container
+    /// directly): nothing to add, and the environment is left as the user wrote it.
+    InPlace,
 }
 
 fn mode_name(m: Inject) -> &'static str {
@@ -149,6 +152,9 @@ impl Prepared {
         gpus: &[GpuInfo],
     ) -> Result<Vec<String>, InjectError> {
         let mut actions = Vec::new();
+        if matches!(self, Prepared::InPlace) {
+            return Ok(actions);
+        }
         let uuids: Vec<&str> = grant.iter().map(|g| g.uuid.as_str()).collect();
         let indexes: Vec<String> = grant.iter().map(|g| g.index.to_string()).collect();
         match self {
@@ -189,6 +195,7 @@ impl Prepared {
                     actions.push(format!("CDI devices {} applied", names.join(", ")));
                 }
             }
+            Prepared::InPlace => {}
         }
         if spec.set_env("NVIDIA_VISIBLE_DEVICES", &uuids.join(","))? {
             actions.push(format!(

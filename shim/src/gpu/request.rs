@@ -6,6 +6,7 @@
 //! prestart hook plus `NVIDIA_VISIBLE_DEVICES`, and `--gpus 2` always becomes `0,1`: a
 //! list `0..n-1` next to that hook is read as a count, which policy may reselect.
 
+use super::probe::GpuInfo;
 use crate::spec::Spec;
 use serde::Serialize;
 
@@ -87,7 +88,7 @@ pub enum RequestError {
     MlenvGpus(String),
     #[error("NVIDIA_VISIBLE_DEVICES={0:?}: expected GPU indexes or UUIDs separated by commas, all, none or void")]
     VisibleDevices(String),
-    #[error("GPU device nodes {nodes} given to the container directly and {asked} asked for: ask one way; drop --device /dev/nvidiaN and ask with MLENV_GPUS, NVIDIA_VISIBLE_DEVICES or --gpus, or set MLENV_GPUS=0 beside the device nodes (a CUDA image's environment asks for every GPU)")]
+    #[error("GPU device nodes {nodes} given to the container directly and {asked} asked for: ask one way, or name the same GPUs both ways; drop --device /dev/nvidiaN and ask with MLENV_GPUS, NVIDIA_VISIBLE_DEVICES or --gpus, or set MLENV_GPUS=0 beside the device nodes")]
     Both { nodes: String, asked: String },
 }
 
@@ -99,7 +100,15 @@ const FIRST_CONTROL_MINOR: u64 = 254;
 /// The minor numbers of the GPU device nodes already in the spec (`linux.devices`),
 /// sorted: by major and minor where the entry has them (Docker's `--device` and CDI
 /// fill them in from the host's node), else by a `/dev/nvidiaN` path.
+///
+/// None in a spec that allows every device (`--privileged`: the engine lists every
+/// host node, and the container could make any; `[security] refuse_privileged` is the
+/// rule for that), nor beside MIG capability nodes ([`has_mig_nodes`]: the parent GPU's
+/// node comes with a MIG slice, which is not the whole GPU).
 pub fn gpu_nodes(spec: &Spec) -> Vec<u32> {
+    if crate::security::privileged(&spec.json).is_some() || has_mig_nodes(spec) {
+        return Vec::new();
+    }
     let Some(devices) = spec
         .json
         .pointer("/linux/devices")
@@ -134,6 +143,21 @@ pub fn gpu_nodes(spec: &Spec) -> Vec<u32> {
     minors
 }
 
+/// Whether the spec holds `/dev/nvidia-caps/*` nodes: a MIG slice given directly (CDI,
+/// a device plugin), which mlenv does not lease.
+pub fn has_mig_nodes(spec: &Spec) -> bool {
+    spec.json
+        .pointer("/linux/devices")
+        .and_then(|d| d.as_array())
+        .is_some_and(|d| {
+            d.iter().any(|d| {
+                d.get("path")
+                    .and_then(|p| p.as_str())
+                    .is_some_and(|p| p.starts_with("/dev/nvidia-caps/"))
+            })
+        })
+}
+
 /// Whether the spec carries NVIDIA's prestart hook: Docker's `--gpus` was used.
 pub fn has_nvidia_hook(spec: &Spec) -> bool {
     let Some(hooks) = spec
@@ -160,25 +184,71 @@ pub fn has_nvidia_hook(spec: &Spec) -> bool {
 ///
 /// GPU device nodes already in the spec (`--device /dev/nvidia3`, CDI devices an
 /// engine resolved) are a request for those GPUs: they reach the container whatever
-/// else happens, so they are leased like any other. With a request in the environment
-/// as well, it is an error: which of the two would the container use?
+/// else happens, so they are leased like any other. Beside them, the environment may
+/// say nothing, say `NVIDIA_VISIBLE_DEVICES=all` with no NVIDIA hook to act on it (a
+/// CUDA image's own environment), or name GPUs (a device plugin names the GPUs whose
+/// nodes it passes): then the nodes are the request, and named GPUs must be the same
+/// ones ([`nodes_agree`], once the host's GPUs are known). Any other request beside
+/// them is an error: which of the two would the container use?
 pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
     let asked = parse_env(spec)?;
     let nodes = gpu_nodes(spec);
-    match (asked, nodes.is_empty()) {
-        (asked, true) => Ok(asked),
-        (GpuRequest::None, false) => Ok(GpuRequest::Devices {
+    if nodes.is_empty() {
+        return Ok(asked);
+    }
+    match asked {
+        GpuRequest::None
+        | GpuRequest::All {
+            source: Source::NvidiaVisibleDevices,
+        }
+        | GpuRequest::Devices { .. } => Ok(GpuRequest::Devices {
             ids: nodes.into_iter().map(DeviceId::Minor).collect(),
             source: Source::DeviceNodes,
         }),
-        (asked, false) => Err(RequestError::Both {
-            nodes: nodes
-                .iter()
-                .map(|m| format!("/dev/nvidia{m}"))
-                .collect::<Vec<_>>()
-                .join(","),
-            asked: asked.to_string(),
-        }),
+        asked => Err(both(&nodes, &asked)),
+    }
+}
+
+fn both(nodes: &[u32], asked: &GpuRequest) -> RequestError {
+    RequestError::Both {
+        nodes: nodes
+            .iter()
+            .map(|m| format!("/dev/nvidia{m}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        asked: asked.to_string(),
+    }
+}
+
+/// Where the spec holds GPU device nodes and its environment names GPUs as well
+/// ([`parse`] took the nodes), whether both name the same GPUs of `gpus`.
+pub fn nodes_agree(spec: &Spec, gpus: &[GpuInfo]) -> Result<(), RequestError> {
+    let nodes = gpu_nodes(spec);
+    let Ok(GpuRequest::Devices { ids, source }) = parse_env(spec) else {
+        return Ok(());
+    };
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let mut named: Vec<Option<u32>> = ids
+        .iter()
+        .map(|id| {
+            gpus.iter()
+                .find(|g| match id {
+                    DeviceId::Index(i) => g.index == *i,
+                    DeviceId::Uuid(u) => &g.uuid == u,
+                    DeviceId::Minor(m) => g.minor == *m,
+                })
+                .map(|g| g.minor)
+        })
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let nodes_named: Vec<Option<u32>> = nodes.iter().copied().map(Some).collect();
+    if named == nodes_named {
+        Ok(())
+    } else {
+        Err(both(&nodes, &GpuRequest::Devices { ids, source }))
     }
 }
 
@@ -480,15 +550,85 @@ mod tests {
                 asked: "1 GPU (MLENV_GPUS)".into()
             })
         );
-        let e = parse(&with(&["NVIDIA_VISIBLE_DEVICES=all"], docker)).unwrap_err();
+        // A CUDA image's own NVIDIA_VISIBLE_DEVICES=all, with no hook to act on it.
+        assert_eq!(
+            parse(&with(&["NVIDIA_VISIBLE_DEVICES=all"], docker.clone())),
+            nodes(&[3])
+        );
+        // Docker's --gpus all beside them: the hook would add every GPU.
+        let mut gpus_all = with(&["NVIDIA_VISIBLE_DEVICES=all"], docker.clone());
+        gpus_all.json["hooks"] = spec(&[], true).json["hooks"].clone();
+        let e = parse(&gpus_all).unwrap_err();
         assert!(
-            e.to_string().starts_with("GPU device nodes /dev/nvidia3 given to the container directly and every GPU (NVIDIA_VISIBLE_DEVICES) asked for: ask one way"),
+            e.to_string().starts_with("GPU device nodes /dev/nvidia3 given to the container directly and every GPU (docker --gpus) asked for: ask one way"),
             "{e}"
         );
+        // GPUs named beside their nodes (a device plugin's PASS_DEVICE_SPECS): the
+        // nodes, checked against the names by nodes_agree.
+        assert_eq!(
+            parse(&with(&["NVIDIA_VISIBLE_DEVICES=GPU-3"], docker.clone())),
+            nodes(&[3])
+        );
+        // --privileged lists every host node: not a request.
+        let mut privileged = with(&[], docker.clone());
+        privileged.json["linux"]["resources"] =
+            json!({"devices": [{"allow": true, "access": "rwm"}]});
+        assert_eq!(parse(&privileged), Ok(GpuRequest::None));
+        // A MIG slice given directly: its parent's node is not the whole GPU.
+        let mig = json!([
+            node("/dev/nvidia3", 195, 3),
+            node("/dev/nvidia-caps/nvidia-cap30", 236, 30),
+            node("/dev/nvidiactl", 195, 255),
+        ]);
+        assert_eq!(parse(&with(&[], mig.clone())), Ok(GpuRequest::None));
+        assert!(has_mig_nodes(&with(&[], mig)));
+        assert!(!has_mig_nodes(&with(&[], docker)));
         // Control nodes alone ask for no GPU.
         assert_eq!(
             parse(&with(&[], json!([node("/dev/nvidiactl", 195, 255)]))),
             Ok(GpuRequest::None)
+        );
+    }
+
+    #[test]
+    fn nodes_agree_with_the_gpus_named() {
+        let gpus: Vec<GpuInfo> = (0..4)
+            .map(|i| {
+                let mut g = crate::gpu::probe::tests::gpu(i, &format!("GPU-{i}"));
+                // NVML's order need not be the minors' order.
+                g.minor = 3 - i;
+                g
+            })
+            .collect();
+        let with = |env: &[&str], minors: &[u32]| {
+            let mut s = spec(env, false);
+            let devices: Vec<serde_json::Value> = minors
+                .iter()
+                .map(|m| json!({"path": format!("/dev/nvidia{m}"), "type": "c", "major": 195, "minor": m}))
+                .collect();
+            s.json["linux"] = json!({ "devices": devices });
+            s
+        };
+        let rows: Vec<(&[&str], &[u32], bool)> = vec![
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-0"], &[3], true),
+            (&["NVIDIA_VISIBLE_DEVICES=0"], &[3], true),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-1,GPU-0"], &[2, 3], true),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-1"], &[3], false),
+            (&["NVIDIA_VISIBLE_DEVICES=0,1"], &[3], false),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-9"], &[3], false),
+            // Nothing named: nothing to agree with.
+            (&["NVIDIA_VISIBLE_DEVICES=all"], &[3], true),
+            (&[], &[3], true),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-1"], &[], true),
+        ];
+        for (i, (env, minors, ok)) in rows.into_iter().enumerate() {
+            let got = nodes_agree(&with(env, minors), &gpus);
+            assert_eq!(got.is_ok(), ok, "row {i}: {env:?} {minors:?}: {got:?}");
+        }
+        let e = nodes_agree(&with(&["NVIDIA_VISIBLE_DEVICES=GPU-1"], &[3]), &gpus).unwrap_err();
+        assert_eq!(
+            e.to_string().split(": ask").next().unwrap(),
+            "GPU device nodes /dev/nvidia3 given to the container directly and GPUs GPU-1 (NVIDIA_VISIBLE_DEVICES) asked for"
         );
     }
 }
