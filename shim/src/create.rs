@@ -434,11 +434,6 @@ impl Gpus {
                 return out;
             }
         };
-        if crate::gpu::request::has_mig_nodes(spec) {
-            notes.push(
-                "MIG device nodes in the spec passed through, not leased (MIG devices are not managed by mlenv)".into(),
-            );
-        }
         match out.request {
             GpuRequest::None => return out,
             GpuRequest::All { .. } if policy.gpu.all == crate::policy::AllGpus::Pass => {
@@ -480,8 +475,20 @@ impl Gpus {
             });
         match (read, policy.admission.on_error) {
             (Ok(host), _) => {
-                if let Err(e) = crate::gpu::request::nodes_agree(spec, &host.0) {
-                    out.refusals.push(e.to_string());
+                match crate::gpu::request::settle_nodes(out.request.clone(), spec, &host.0) {
+                    Ok((request, dropped)) => {
+                        if dropped {
+                            notes.push("device nodes of GPUs in MIG mode passed through, not leased (MIG devices are not managed by mlenv)".into());
+                        }
+                        out.request = request;
+                    }
+                    Err(e) => {
+                        out.refusals.push(e.to_string());
+                        return out;
+                    }
+                }
+                if out.request == GpuRequest::None {
+                    return out;
                 }
                 // MPS: a share asked for, or every GPU shared.
                 let asked = crate::gpu::mps::MpsSection::asked(spec);
@@ -1321,6 +1328,50 @@ mod tests {
                 ("n6".to_string(), vec![]),
             ]
         );
+    }
+
+    #[test]
+    fn a_mig_slices_device_nodes_pass_through_unleased() {
+        let gpus = FOUR_GPUS.replace(r#""minor": 3}"#, r#""minor": 3, "mig_mode": 1}"#);
+        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(&gpus) else {
+            return;
+        };
+        // As the device plugin's MIG strategy passes a slice: the parent's node, the
+        // slice's capability node, the slice by UUID.
+        let mut spec = spec();
+        spec["linux"]["devices"] = serde_json::json!([
+            {"path": "/dev/nvidia3", "type": "c", "major": 195, "minor": 3},
+            {"path": "/dev/nvidia-caps/nvidia-cap30", "type": "c", "major": 236, "minor": 30}
+        ]);
+        spec["process"]["env"] = serde_json::json!(["NVIDIA_VISIBLE_DEVICES=MIG-5c8d2a7e"]);
+        let f = fixture(&format!("[gpu]\nnvml_library = {lib:?}\n"), spec.clone());
+        let v = run_create(&f, "mig1", &running(&["mig1"]), &mut RuncLog::stderr_only()).unwrap();
+        assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
+        assert_eq!(written(&f), spec, "nothing injected");
+        let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
+        assert_eq!(inv.live().unwrap()[0].gpus, Vec::<u32>::new());
+        let d = inv.find("mig1").unwrap().unwrap();
+        assert!(
+            d.reason
+                .contains("device nodes of GPUs in MIG mode passed through, not leased"),
+            "{}",
+            d.reason
+        );
+        // A whole GPU's node beside MIG capability nodes is leased as any other.
+        spec["linux"]["devices"][0] =
+            serde_json::json!({"path": "/dev/nvidia2", "type": "c", "major": 195, "minor": 2});
+        spec["process"]["env"] = serde_json::json!([]);
+        fs::write(f.bundle.join("config.json"), spec.to_string()).unwrap();
+        let v = run_create(
+            &f,
+            "mig2",
+            &running(&["mig1", "mig2"]),
+            &mut RuncLog::stderr_only(),
+        )
+        .unwrap();
+        assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
+        let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
+        assert_eq!(inv.live().unwrap()[1].gpus, [2]);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::host::Host;
 use crate::liveness::{self, Liveness, Tracked};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+/// A failed statement inside a transaction: what was being done, and SQLite's error.
+type Failed = (&'static str, rusqlite::Error);
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -364,9 +367,11 @@ impl Inventory {
         }
     }
 
-    /// Opens an existing inventory to read only: nothing created, migrated, recovered
-    /// or checkpointed. For lookups off the decision path (`exec`), which must not
-    /// change the file nor wait on a writer (WAL readers never do).
+    /// Opens an existing inventory to read only: no database created, migrated,
+    /// recovered or checkpointed (SQLite may still create its `-shm` and `-wal`
+    /// files beside it). For lookups off the decision path (`exec`), which must not
+    /// change the data. A WAL reader waits on no writer, only on brief exclusive
+    /// moments (another opener rebuilding the WAL index): [`BRIEF_BUSY_TIMEOUT`].
     pub fn open_to_read(path: &Path) -> Result<Inventory, InventoryError> {
         let conn = Connection::open_with_flags(
             path,
@@ -376,12 +381,16 @@ impl Inventory {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Inventory {
+        let mut inv = Inventory {
             conn,
             path: path.to_path_buf(),
             ino: None,
             set_aside: None,
-        })
+        };
+        inv.conn
+            .busy_handler(Some(busy_briefly))
+            .map_err(|e| inv.sql("setting the busy timeout", e))?;
+        Ok(inv)
     }
 
     /// After `e`, an error of this connection: when it says the file is corrupt,
@@ -668,7 +677,7 @@ impl Inventory {
     /// what it reads cannot change before it writes) and commits.
     fn write<T>(
         &mut self,
-        f: impl FnOnce(&rusqlite::Transaction) -> Result<T, (&'static str, rusqlite::Error)>,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<T, Failed>,
     ) -> Result<T, InventoryError> {
         let result = (|| {
             let tx = self
@@ -801,32 +810,33 @@ impl Inventory {
     ) -> Result<Result<usize, Vec<String>>, InventoryError> {
         let LimitChange { memory, cpus, pids } = change;
         self.write(|tx| {
-            let found = tx
-                .query_row(
-                    "SELECT id, uid, project, memory, cpus, gpus FROM containers
-                     WHERE container_id = ?1 AND (root IS ?2 OR root IS NULL)
-                       AND ended_ms IS NULL
-                     ORDER BY root IS ?2 DESC, id DESC LIMIT 1",
-                    params![container_id, root],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            Held {
-                                uid: r.get(1)?,
-                                project: r.get(2)?,
-                                memory: r.get::<_, Option<i64>>(3)?.map(|m| m as u64),
-                                cpus: r.get(4)?,
-                                gpus: r.get(5)?,
-                            },
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(|e| ("looking up the container", e))?;
-            let Some((row, held)) = found else {
-                return Ok(Ok(0));
-            };
-            let others = || {
+            // The container, and what the others hold.
+            let read = || -> Result<Option<(i64, Held, LiveUsage)>, Failed> {
+                let found = tx
+                    .query_row(
+                        "SELECT id, uid, project, memory, cpus, gpus FROM containers
+                         WHERE container_id = ?1 AND (root IS ?2 OR root IS NULL)
+                           AND ended_ms IS NULL
+                         ORDER BY root IS ?2 DESC, id DESC LIMIT 1",
+                        params![container_id, root],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                Held {
+                                    uid: r.get(1)?,
+                                    project: r.get(2)?,
+                                    memory: r.get::<_, Option<i64>>(3)?.map(|m| m as u64),
+                                    cpus: r.get(4)?,
+                                    gpus: r.get(5)?,
+                                },
+                            ))
+                        },
+                    )
+                    .optional()
+                    .map_err(|e| ("looking up the container", e))?;
+                let Some((row, held)) = found else {
+                    return Ok(None);
+                };
                 let mut others = live_usage(tx, held.uid, held.project.as_deref())
                     .map_err(|e| ("summing live containers", e))?;
                 others.all.remove(&held);
@@ -834,13 +844,21 @@ impl Inventory {
                 if held.project.is_some() {
                     others.project.remove(&held);
                 }
-                Ok(others)
+                Ok(Some((row, held, others)))
             };
-            let mut refusals = check(&held, &others()?);
+            let Some((mut row, held, others)) = read()? else {
+                return Ok(Ok(0));
+            };
+            let mut refusals = check(&held, &others);
             if !refusals.is_empty()
                 && reconcile_in(tx, host, now_ms).map_err(|e| ("checking live containers", e))? > 0
             {
-                refusals = check(&held, &others()?);
+                // Read again: the container itself may be among those gone.
+                let Some((again, held, others)) = read()? else {
+                    return Ok(Ok(0));
+                };
+                row = again;
+                refusals = check(&held, &others);
             }
             if !refusals.is_empty() {
                 return Ok(Err(refusals));
@@ -866,8 +884,9 @@ impl Inventory {
         })
     }
 
-    /// The bundle of the live container `id` under runtime root `root`: where its
-    /// config.json, as mlenv handed it over, says whom its process runs as.
+    /// The bundle of the live container `id` under runtime root `root` (or recorded by
+    /// the hook with none): where its config.json, as mlenv handed it over, says whom
+    /// its process runs as.
     pub fn live_bundle(
         &self,
         container_id: &str,
@@ -876,8 +895,9 @@ impl Inventory {
         self.conn
             .query_row(
                 "SELECT d.bundle FROM containers c JOIN decisions d ON d.id = c.decision_id
-                 WHERE c.container_id = ?1 AND c.root IS ?2 AND c.ended_ms IS NULL
-                 ORDER BY c.id DESC LIMIT 1",
+                 WHERE c.container_id = ?1 AND (c.root IS ?2 OR c.root IS NULL)
+                   AND c.ended_ms IS NULL
+                 ORDER BY c.root IS ?2 DESC, c.id DESC LIMIT 1",
                 params![container_id, root],
                 |r| r.get::<_, String>(0),
             )
@@ -1568,7 +1588,8 @@ mod tests {
             Ok(0),
             "another root: not this container"
         );
-        // Recorded by the hook, with no root: found under any.
+        // Recorded by the hook, with no root: found under any; a row under the
+        // exact root first.
         let mut hooked = decision("ccc333", 4000, Outcome::Admitted);
         hooked.root = None;
         inv.record(&hooked).unwrap();
@@ -1576,6 +1597,29 @@ mod tests {
             inv.update_limits("ccc333", Some("/run/r"), raise, &host, 5000, |_, _| vec![])
                 .unwrap(),
             Ok(1)
+        );
+        fs::create_dir_all(host.root.join("run/r/ccc333")).unwrap();
+        fs::write(host.root.join("run/r/ccc333/status"), "running").unwrap();
+        let mut exact = decision("ccc333", 6000, Outcome::Admitted);
+        exact.effective.memory = Some(5 << 30);
+        inv.record(&exact).unwrap();
+        inv.record(&hooked).unwrap();
+        let mut seen = None;
+        inv.update_limits("ccc333", Some("/run/r"), raise, &host, 7000, |held, _| {
+            seen = held.memory;
+            vec!["no".into()]
+        })
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(seen, Some(5 << 30), "the row under the exact root");
+        // Gone itself when the refusal is made again: nothing to update.
+        let (_h2, empty) = crate::host::tests::fixture(&[]);
+        assert_eq!(
+            inv.update_limits("ccc333", Some("/run/r"), raise, &empty, 8000, |_, _| vec![
+                "no".into()
+            ])
+            .unwrap(),
+            Ok(0)
         );
     }
 

@@ -103,10 +103,9 @@ const FIRST_CONTROL_MINOR: u64 = 254;
 ///
 /// None in a spec that allows every device (`--privileged`: the engine lists every
 /// host node, and the container could make any; `[security] refuse_privileged` is the
-/// rule for that), nor beside MIG capability nodes ([`has_mig_nodes`]: the parent GPU's
-/// node comes with a MIG slice, which is not the whole GPU).
+/// rule for that).
 pub fn gpu_nodes(spec: &Spec) -> Vec<u32> {
-    if crate::security::privileged(&spec.json).is_some() || has_mig_nodes(spec) {
+    if crate::security::privileged(&spec.json).is_some() {
         return Vec::new();
     }
     let Some(devices) = spec
@@ -143,22 +142,12 @@ pub fn gpu_nodes(spec: &Spec) -> Vec<u32> {
     minors
 }
 
-/// Whether the spec holds `/dev/nvidia-caps/*` nodes: a MIG slice given directly (CDI,
-/// a device plugin), which mlenv does not lease.
-pub fn has_mig_nodes(spec: &Spec) -> bool {
-    spec.json
-        .pointer("/linux/devices")
-        .and_then(|d| d.as_array())
-        .is_some_and(|d| {
-            d.iter().any(|d| {
-                d.get("path")
-                    .and_then(|p| p.as_str())
-                    .is_some_and(|p| p.starts_with("/dev/nvidia-caps/"))
-            })
-        })
-}
+/// The names NVIDIA's prestart hook goes by: the toolkit's hook, which Docker's
+/// `--gpus` adds, and the legacy `nvidia-container-toolkit` of podman's hooks.d.
+const NVIDIA_HOOKS: &[&str] = &["nvidia-container-runtime-hook", "nvidia-container-toolkit"];
 
-/// Whether the spec carries NVIDIA's prestart hook: Docker's `--gpus` was used.
+/// Whether the spec carries NVIDIA's prestart hook (Docker's `--gpus` was used), which
+/// acts on NVIDIA_VISIBLE_DEVICES.
 pub fn has_nvidia_hook(spec: &Spec) -> bool {
     let Some(hooks) = spec
         .json
@@ -170,7 +159,8 @@ pub fn has_nvidia_hook(spec: &Spec) -> bool {
     hooks.iter().any(|h| {
         let named = |v: Option<&serde_json::Value>| {
             v.and_then(|v| v.as_str())
-                .is_some_and(|s| s.rsplit('/').next() == Some("nvidia-container-runtime-hook"))
+                .and_then(|s| s.rsplit('/').next())
+                .is_some_and(|name| NVIDIA_HOOKS.contains(&name))
         };
         named(h.get("path")) || named(h.pointer("/args/0"))
     })
@@ -187,9 +177,9 @@ pub fn has_nvidia_hook(spec: &Spec) -> bool {
 /// else happens, so they are leased like any other. Beside them, the environment may
 /// say nothing, say `NVIDIA_VISIBLE_DEVICES=all` with no NVIDIA hook to act on it (a
 /// CUDA image's own environment), or name GPUs (a device plugin names the GPUs whose
-/// nodes it passes): then the nodes are the request, and named GPUs must be the same
-/// ones ([`nodes_agree`], once the host's GPUs are known). Any other request beside
-/// them is an error: which of the two would the container use?
+/// nodes it passes; `--gpus device=0`): then the nodes are the request, and the named
+/// GPUs must be the same ones ([`settle_nodes`], once the host's GPUs are known). Any
+/// other request beside them is an error: which of the two would the container use?
 pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
     let asked = parse_env(spec)?;
     let nodes = gpu_nodes(spec);
@@ -200,12 +190,26 @@ pub fn parse(spec: &Spec) -> Result<GpuRequest, RequestError> {
         GpuRequest::None
         | GpuRequest::All {
             source: Source::NvidiaVisibleDevices,
-        }
-        | GpuRequest::Devices { .. } => Ok(GpuRequest::Devices {
-            ids: nodes.into_iter().map(DeviceId::Minor).collect(),
-            source: Source::DeviceNodes,
-        }),
-        asked => Err(both(&nodes, &asked)),
+        } => {}
+        ref a if named(a).is_some() => {}
+        a => return Err(both(&nodes, &a)),
+    }
+    Ok(GpuRequest::Devices {
+        ids: nodes.into_iter().map(DeviceId::Minor).collect(),
+        source: Source::DeviceNodes,
+    })
+}
+
+/// The GPUs a request names one by one: a list, or Docker's `--gpus` as the hook will
+/// read it (`--gpus 2` and `--gpus device=0,1` both reach the runtime as `0,1`).
+fn named(asked: &GpuRequest) -> Option<Vec<DeviceId>> {
+    match asked {
+        GpuRequest::Devices { ids, .. } => Some(ids.clone()),
+        GpuRequest::Count {
+            n,
+            source: Source::DockerGpus,
+        } => Some((0..*n).map(DeviceId::Index).collect()),
+        _ => None,
     }
 }
 
@@ -220,36 +224,65 @@ fn both(nodes: &[u32], asked: &GpuRequest) -> RequestError {
     }
 }
 
-/// Where the spec holds GPU device nodes and its environment names GPUs as well
-/// ([`parse`] took the nodes), whether both name the same GPUs of `gpus`.
-pub fn nodes_agree(spec: &Spec, gpus: &[GpuInfo]) -> Result<(), RequestError> {
-    let nodes = gpu_nodes(spec);
-    let Ok(GpuRequest::Devices { ids, source }) = parse_env(spec) else {
-        return Ok(());
+/// A request of device nodes ([`parse`]) once the host's `gpus` are known. The nodes of
+/// GPUs in MIG mode are dropped: such a node comes with a MIG slice (its
+/// `/dev/nvidia-caps` nodes), which mlenv does not manage, and alone gives no GPU to
+/// compute on. GPUs the environment names beside the nodes (MIG devices aside) must
+/// be the nodes' own. Returns the request left (`None` when every node was dropped)
+/// and whether any was. Other requests are returned as they are.
+pub fn settle_nodes(
+    request: GpuRequest,
+    spec: &Spec,
+    gpus: &[GpuInfo],
+) -> Result<(GpuRequest, bool), RequestError> {
+    let GpuRequest::Devices {
+        ids,
+        source: Source::DeviceNodes,
+    } = request
+    else {
+        return Ok((request, false));
     };
-    if nodes.is_empty() {
-        return Ok(());
-    }
-    let mut named: Vec<Option<u32>> = ids
+    let in_mig = |m: u32| gpus.iter().any(|g| g.minor == m && g.mig == Some(true));
+    let nodes: Vec<u32> = ids
         .iter()
-        .map(|id| {
-            gpus.iter()
-                .find(|g| match id {
-                    DeviceId::Index(i) => g.index == *i,
-                    DeviceId::Uuid(u) => &g.uuid == u,
-                    DeviceId::Minor(m) => g.minor == *m,
-                })
-                .map(|g| g.minor)
+        .filter_map(|id| match id {
+            DeviceId::Minor(m) => Some(*m),
+            _ => None,
         })
         .collect();
-    named.sort_unstable();
-    named.dedup();
-    let nodes_named: Vec<Option<u32>> = nodes.iter().copied().map(Some).collect();
-    if named == nodes_named {
-        Ok(())
-    } else {
-        Err(both(&nodes, &GpuRequest::Devices { ids, source }))
+    let kept: Vec<u32> = nodes.iter().copied().filter(|&m| !in_mig(m)).collect();
+    let asked = parse_env(spec).unwrap_or(GpuRequest::None);
+    if let Some(names) = named(&asked) {
+        let mut minors: Vec<Option<u32>> = names
+            .iter()
+            .filter(|id| !matches!(id, DeviceId::Uuid(u) if u.starts_with("MIG-")))
+            .map(|id| {
+                gpus.iter()
+                    .find(|g| match id {
+                        DeviceId::Index(i) => g.index == *i,
+                        DeviceId::Uuid(u) => &g.uuid == u,
+                        DeviceId::Minor(m) => g.minor == *m,
+                    })
+                    .map(|g| g.minor)
+            })
+            .filter(|m| m.is_none_or(|m| !in_mig(m)))
+            .collect();
+        minors.sort_unstable();
+        minors.dedup();
+        if minors != kept.iter().copied().map(Some).collect::<Vec<_>>() {
+            return Err(both(&nodes, &asked));
+        }
     }
+    let dropped = kept.len() < nodes.len();
+    let request = if kept.is_empty() {
+        GpuRequest::None
+    } else {
+        GpuRequest::Devices {
+            ids: kept.into_iter().map(DeviceId::Minor).collect(),
+            source: Source::DeviceNodes,
+        }
+    };
+    Ok((request, dropped))
 }
 
 /// The request in the environment: `MLENV_GPUS`, else `NVIDIA_VISIBLE_DEVICES`.
@@ -563,26 +596,28 @@ mod tests {
             e.to_string().starts_with("GPU device nodes /dev/nvidia3 given to the container directly and every GPU (docker --gpus) asked for: ask one way"),
             "{e}"
         );
-        // GPUs named beside their nodes (a device plugin's PASS_DEVICE_SPECS): the
-        // nodes, checked against the names by nodes_agree.
+        // GPUs named beside their nodes (a device plugin's PASS_DEVICE_SPECS, Docker's
+        // --gpus device=0): the nodes, checked against the names by settle_nodes.
         assert_eq!(
             parse(&with(&["NVIDIA_VISIBLE_DEVICES=GPU-3"], docker.clone())),
             nodes(&[3])
         );
+        let mut gpus_device = with(&["NVIDIA_VISIBLE_DEVICES=0"], docker.clone());
+        gpus_device.json["hooks"] = spec(&[], true).json["hooks"].clone();
+        assert_eq!(parse(&gpus_device), nodes(&[3]));
         // --privileged lists every host node: not a request.
         let mut privileged = with(&[], docker.clone());
         privileged.json["linux"]["resources"] =
             json!({"devices": [{"allow": true, "access": "rwm"}]});
         assert_eq!(parse(&privileged), Ok(GpuRequest::None));
-        // A MIG slice given directly: its parent's node is not the whole GPU.
+        // A MIG slice's nodes: its parent's node is read as any other; settle_nodes
+        // drops it once NVML says the GPU is in MIG mode.
         let mig = json!([
             node("/dev/nvidia3", 195, 3),
             node("/dev/nvidia-caps/nvidia-cap30", 236, 30),
             node("/dev/nvidiactl", 195, 255),
         ]);
-        assert_eq!(parse(&with(&[], mig.clone())), Ok(GpuRequest::None));
-        assert!(has_mig_nodes(&with(&[], mig)));
-        assert!(!has_mig_nodes(&with(&[], docker)));
+        assert_eq!(parse(&with(&[], mig)), nodes(&[3]));
         // Control nodes alone ask for no GPU.
         assert_eq!(
             parse(&with(&[], json!([node("/dev/nvidiactl", 195, 255)]))),
@@ -591,17 +626,31 @@ mod tests {
     }
 
     #[test]
-    fn nodes_agree_with_the_gpus_named() {
+    fn the_legacy_toolkit_hook_is_nvidias_hook() {
+        let mut s = spec(&["NVIDIA_VISIBLE_DEVICES=all"], false);
+        s.json["hooks"]["prestart"] = json!([{"path": "/usr/bin/nvidia-container-toolkit", "args": ["nvidia-container-toolkit", "prestart"]}]);
+        assert!(has_nvidia_hook(&s));
+        assert_eq!(
+            parse(&s),
+            Ok(GpuRequest::All {
+                source: Source::DockerGpus
+            })
+        );
+    }
+
+    #[test]
+    fn device_nodes_settle_against_the_gpus_named_and_mig() {
+        // NVML's order is not the minors' order; GPU 1 (minor 2) is in MIG mode.
         let gpus: Vec<GpuInfo> = (0..4)
             .map(|i| {
                 let mut g = crate::gpu::probe::tests::gpu(i, &format!("GPU-{i}"));
-                // NVML's order need not be the minors' order.
                 g.minor = 3 - i;
+                g.mig = Some(i == 1);
                 g
             })
             .collect();
-        let with = |env: &[&str], minors: &[u32]| {
-            let mut s = spec(env, false);
+        let with = |env: &[&str], hook: bool, minors: &[u32]| {
+            let mut s = spec(env, hook);
             let devices: Vec<serde_json::Value> = minors
                 .iter()
                 .map(|m| json!({"path": format!("/dev/nvidia{m}"), "type": "c", "major": 195, "minor": m}))
@@ -609,26 +658,98 @@ mod tests {
             s.json["linux"] = json!({ "devices": devices });
             s
         };
-        let rows: Vec<(&[&str], &[u32], bool)> = vec![
-            (&["NVIDIA_VISIBLE_DEVICES=GPU-0"], &[3], true),
-            (&["NVIDIA_VISIBLE_DEVICES=0"], &[3], true),
-            (&["NVIDIA_VISIBLE_DEVICES=GPU-1,GPU-0"], &[2, 3], true),
-            (&["NVIDIA_VISIBLE_DEVICES=GPU-1"], &[3], false),
-            (&["NVIDIA_VISIBLE_DEVICES=0,1"], &[3], false),
-            (&["NVIDIA_VISIBLE_DEVICES=GPU-9"], &[3], false),
+        // (environment, NVIDIA hook, nodes) -> the nodes kept and whether any was
+        // dropped, or refused as naming other GPUs.
+        type Row<'a> = (&'a [&'a str], bool, &'a [u32], Option<(&'a [u32], bool)>);
+        let rows: Vec<Row> = vec![
+            (
+                &["NVIDIA_VISIBLE_DEVICES=GPU-0"],
+                false,
+                &[3],
+                Some((&[3], false)),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0"],
+                false,
+                &[3],
+                Some((&[3], false)),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=GPU-2,GPU-0"],
+                false,
+                &[1, 3],
+                Some((&[1, 3], false)),
+            ),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-2"], false, &[3], None),
+            (&["NVIDIA_VISIBLE_DEVICES=0,2"], false, &[3], None),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-9"], false, &[3], None),
+            // --gpus device=0 (or --gpus 1) beside GPU 0's node; --gpus 3 beside it.
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0"],
+                true,
+                &[3],
+                Some((&[3], false)),
+            ),
+            (&["NVIDIA_VISIBLE_DEVICES=0,1,2"], true, &[3], None),
             // Nothing named: nothing to agree with.
-            (&["NVIDIA_VISIBLE_DEVICES=all"], &[3], true),
-            (&[], &[3], true),
-            (&["NVIDIA_VISIBLE_DEVICES=GPU-1"], &[], true),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all"],
+                false,
+                &[3],
+                Some((&[3], false)),
+            ),
+            (&[], false, &[3], Some((&[3], false))),
+            // The parent node of a MIG slice, alone or named by the slice (a device
+            // plugin's MIG strategy) or by the GPU: dropped, not leased.
+            (&[], false, &[2], Some((&[], true))),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=MIG-abc"],
+                false,
+                &[2],
+                Some((&[], true)),
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=GPU-1,GPU-0"],
+                false,
+                &[2, 3],
+                Some((&[3], true)),
+            ),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU-1"], false, &[2, 3], None),
+            // A MIG slice named beside a whole GPU's node: that GPU is not named.
+            (&["NVIDIA_VISIBLE_DEVICES=MIG-abc"], false, &[3], None),
         ];
-        for (i, (env, minors, ok)) in rows.into_iter().enumerate() {
-            let got = nodes_agree(&with(env, minors), &gpus);
-            assert_eq!(got.is_ok(), ok, "row {i}: {env:?} {minors:?}: {got:?}");
+        for (i, (env, hook, minors, want)) in rows.into_iter().enumerate() {
+            let spec = with(env, hook, minors);
+            let got = parse(&spec).and_then(|r| settle_nodes(r, &spec, &gpus));
+            let want = want.map(|(kept, dropped)| {
+                let request = if kept.is_empty() {
+                    GpuRequest::None
+                } else {
+                    GpuRequest::Devices {
+                        ids: kept.iter().map(|&m| DeviceId::Minor(m)).collect(),
+                        source: Source::DeviceNodes,
+                    }
+                };
+                (request, dropped)
+            });
+            assert_eq!(got.ok(), want, "row {i}: {env:?} hook={hook} {minors:?}");
         }
-        let e = nodes_agree(&with(&["NVIDIA_VISIBLE_DEVICES=GPU-1"], &[3]), &gpus).unwrap_err();
+        let spec = with(&["NVIDIA_VISIBLE_DEVICES=GPU-2"], false, &[3]);
+        let e = settle_nodes(parse(&spec).unwrap(), &spec, &gpus).unwrap_err();
         assert_eq!(
             e.to_string().split(": ask").next().unwrap(),
-            "GPU device nodes /dev/nvidia3 given to the container directly and GPUs GPU-1 (NVIDIA_VISIBLE_DEVICES) asked for"
+            "GPU device nodes /dev/nvidia3 given to the container directly and GPUs GPU-2 (NVIDIA_VISIBLE_DEVICES) asked for"
         );
+        // Other requests pass as they are.
+        let plain = spec_with_env(&["MLENV_GPUS=2"]);
+        let count = parse(&plain).unwrap();
+        assert_eq!(
+            settle_nodes(count.clone(), &plain, &gpus),
+            Ok((count, false))
+        );
+    }
+
+    fn spec_with_env(env: &[&str]) -> Spec {
+        spec(env, false)
     }
 }
