@@ -1219,6 +1219,17 @@ mod tests {
         serde_json::from_str(&fs::read_to_string(f.bundle.join("config.json")).unwrap()).unwrap()
     }
 
+    /// Each live container of the inventory at `db`, with the GPUs it holds.
+    fn live_gpus(db: &Path) -> Vec<(String, Vec<u32>)> {
+        Inventory::open(db)
+            .unwrap()
+            .live()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.container_id, l.gpus))
+            .collect()
+    }
+
     /// `docker run --device /dev/nvidia2`: the GPU is in the container whatever mlenv
     /// does, so it is leased (nothing injected), and a second container given the
     /// same node is refused.
@@ -1312,15 +1323,8 @@ mod tests {
             create("n6", &privileged),
             Verdict::Admitted { .. }
         ));
-        let inv = Inventory::open(&db).unwrap();
-        let live: Vec<(String, Vec<u32>)> = inv
-            .live()
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.container_id, c.gpus))
-            .collect();
         assert_eq!(
-            live,
+            live_gpus(&db),
             [
                 ("n1".to_string(), vec![2]),
                 ("n3".to_string(), vec![3]),
@@ -1497,15 +1501,8 @@ mod tests {
             create("g4", &["MLENV_GPUS=2"]),
             Verdict::Admitted { .. }
         ));
-        let inv = Inventory::open(&db).unwrap();
-        let held: Vec<(String, Vec<u32>)> = inv
-            .live()
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.container_id, l.gpus))
-            .collect();
         assert_eq!(
-            held,
+            live_gpus(&db),
             [("g2".to_string(), vec![3]), ("g4".to_string(), vec![1, 2])]
         );
         // A container without a GPU request is untouched by all of this.

@@ -13,12 +13,12 @@ use crate::host::Host;
 use crate::liveness::{self, Liveness, Tracked};
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-
-/// A failed statement inside a transaction: what was being done, and SQLite's error.
-type Failed = (&'static str, rusqlite::Error);
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// A failed statement inside a transaction: what was being done, and SQLite's error.
+type Failed = (&'static str, rusqlite::Error);
 use std::time::Duration;
 
 /// The WAL size past which a create checkpoints it itself: only reached when no
@@ -1096,11 +1096,7 @@ impl Inventory {
 
 /// Inserts a decision and, when admitted, its live container (replacing a live row of
 /// the same id and root, whose delete was missed).
-fn insert(
-    tx: &rusqlite::Transaction,
-    d: &Decision,
-    track: Track,
-) -> Result<i64, (&'static str, rusqlite::Error)> {
+fn insert(tx: &rusqlite::Transaction, d: &Decision, track: Track) -> Result<i64, Failed> {
     tx.execute(
         "INSERT INTO decisions (time_ms, container_id, root, bundle, uid, gid, project,
             decision, reason, req_memory, req_swap, req_cpus, req_pids,

@@ -152,9 +152,6 @@ impl Prepared {
         gpus: &[GpuInfo],
     ) -> Result<Vec<String>, InjectError> {
         let mut actions = Vec::new();
-        if matches!(self, Prepared::InPlace) {
-            return Ok(actions);
-        }
         let uuids: Vec<&str> = grant.iter().map(|g| g.uuid.as_str()).collect();
         let indexes: Vec<String> = grant.iter().map(|g| g.index.to_string()).collect();
         match self {
@@ -195,7 +192,8 @@ impl Prepared {
                     actions.push(format!("CDI devices {} applied", names.join(", ")));
                 }
             }
-            Prepared::InPlace => {}
+            // Nor is NVIDIA_VISIBLE_DEVICES set: the user's environment stays.
+            Prepared::InPlace => return Ok(actions),
         }
         if spec.set_env("NVIDIA_VISIBLE_DEVICES", &uuids.join(","))? {
             actions.push(format!(

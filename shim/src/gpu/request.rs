@@ -21,6 +21,17 @@ pub enum DeviceId {
     Minor(u32),
 }
 
+impl DeviceId {
+    /// Whether this names `g`.
+    pub fn names(&self, g: &GpuInfo) -> bool {
+        match self {
+            DeviceId::Index(i) => g.index == *i,
+            DeviceId::Uuid(u) => &g.uuid == u,
+            DeviceId::Minor(m) => g.minor == *m,
+        }
+    }
+}
+
 /// Where the request came from, for messages and policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Source {
@@ -256,15 +267,7 @@ pub fn settle_nodes(
         let mut minors: Vec<Option<u32>> = names
             .iter()
             .filter(|id| !matches!(id, DeviceId::Uuid(u) if u.starts_with("MIG-")))
-            .map(|id| {
-                gpus.iter()
-                    .find(|g| match id {
-                        DeviceId::Index(i) => g.index == *i,
-                        DeviceId::Uuid(u) => &g.uuid == u,
-                        DeviceId::Minor(m) => g.minor == *m,
-                    })
-                    .map(|g| g.minor)
-            })
+            .map(|id| gpus.iter().find(|g| id.names(g)).map(|g| g.minor))
             .filter(|m| m.is_none_or(|m| !in_mig(m)))
             .collect();
         minors.sort_unstable();
@@ -734,22 +737,18 @@ mod tests {
             });
             assert_eq!(got.ok(), want, "row {i}: {env:?} hook={hook} {minors:?}");
         }
-        let spec = with(&["NVIDIA_VISIBLE_DEVICES=GPU-2"], false, &[3]);
-        let e = settle_nodes(parse(&spec).unwrap(), &spec, &gpus).unwrap_err();
+        let other = with(&["NVIDIA_VISIBLE_DEVICES=GPU-2"], false, &[3]);
+        let e = settle_nodes(parse(&other).unwrap(), &other, &gpus).unwrap_err();
         assert_eq!(
             e.to_string().split(": ask").next().unwrap(),
             "GPU device nodes /dev/nvidia3 given to the container directly and GPUs GPU-2 (NVIDIA_VISIBLE_DEVICES) asked for"
         );
         // Other requests pass as they are.
-        let plain = spec_with_env(&["MLENV_GPUS=2"]);
+        let plain = spec(&["MLENV_GPUS=2"], false);
         let count = parse(&plain).unwrap();
         assert_eq!(
             settle_nodes(count.clone(), &plain, &gpus),
             Ok((count, false))
         );
-    }
-
-    fn spec_with_env(env: &[&str]) -> Spec {
-        spec(env, false)
     }
 }

@@ -290,11 +290,7 @@ pub fn select(
             let mut picked = Vec::new();
             let mut errors = Vec::new();
             for id in ids {
-                let found = match id {
-                    DeviceId::Index(i) => gpus.iter().position(|g| g.index == *i),
-                    DeviceId::Uuid(u) => gpus.iter().position(|g| &g.uuid == u),
-                    DeviceId::Minor(m) => gpus.iter().position(|g| g.minor == *m),
-                };
+                let found = gpus.iter().position(|g| id.names(g));
                 let name = match id {
                     DeviceId::Index(i) => format!("GPU {i}"),
                     DeviceId::Uuid(u) => u.clone(),
