@@ -4,19 +4,20 @@
 # the hooks-directory entry and the Grafana dashboard under /usr/share/mlenv, the
 # docs under /usr/share/doc/mlenv, man pages, and /var/lib/mlenv for the inventory.
 #
-#   cargo build --release --workspace && packaging/build-deb.sh [BIN_DIR] [OUT_DIR]
+#   packaging/build-bins.sh && packaging/build-deb.sh [BIN_DIR] [OUT_DIR]
 #
-# BIN_DIR defaults to target/release, OUT_DIR to target/debian. Prints the path of
+# BIN_DIR defaults to target/dist/release (packaging/build-bins.sh: mlenv-runtime
+# static), OUT_DIR to target/debian. Prints the path of
 # the package. The package registers with no engine: run `mlenv install docker` (or
 # containerd, podman, crio) after installing it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bin=${1:-$repo/target/release}
+bin=${1:-$repo/target/dist/release}
 out=${2:-$repo/target/debian}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
 arch=$(dpkg --print-architecture)
-for b in mlenv mlenv-runtime mlenv-hook; do
-    [ -x "$bin/$b" ] || { echo "build-deb: $bin/$b missing: cargo build --release --workspace first" >&2; exit 1; }
+for b in mlenv mlenv-runtime mlenv-hook mlenv-nvml; do
+    [ -x "$bin/$b" ] || { echo "build-deb: $bin/$b missing: packaging/build-bins.sh first" >&2; exit 1; }
 done
 
 stage=$(mktemp -d)
@@ -25,7 +26,7 @@ install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/etc/mlenv/conf.d" \
     "$stage/usr/share/mlenv/oci-hooks.d" "$stage/usr/share/mlenv/grafana" \
     "$stage/usr/share/doc/mlenv" "$stage/var/lib/mlenv"
 # Stripped: debug info is not for a package (and a debug build is 100+ MB).
-install -s -m 755 "$bin/mlenv" "$bin/mlenv-runtime" "$bin/mlenv-hook" "$stage/usr/bin/"
+install -s -m 755 "$bin/mlenv" "$bin/mlenv-runtime" "$bin/mlenv-hook" "$bin/mlenv-nvml" "$stage/usr/bin/"
 install -m 644 "$repo/config/mlenv.toml" "$stage/etc/mlenv/mlenv.toml"
 install -m 644 "$repo/config/oci-hooks.d/mlenv.json" "$stage/usr/share/mlenv/oci-hooks.d/"
 install -m 644 "$repo/config/grafana/mlenv-dashboard.json" "$stage/usr/share/mlenv/grafana/"
@@ -51,7 +52,8 @@ Description: OCI runtime wrapper for shared GPU servers
  mlenv-runtime sits between the container engine and runc: on create it applies
  the admin's policy (limits, GPU selection and leases, MPS shares, user mapping,
  security rules), decides admission, records it in a SQLite inventory, and hands
- over to runc. mlenv-hook records container start and end; mlenv is the admin CLI.
+ over to runc. mlenv-hook records container start and end; mlenv is the admin CLI;
+ mlenv-nvml reads the GPUs for mlenv-runtime.
 CONTROL
 echo /etc/mlenv/mlenv.toml >"$stage/DEBIAN/conffiles"
 cat >"$stage/DEBIAN/postinst" <<'POSTINST'

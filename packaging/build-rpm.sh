@@ -2,10 +2,10 @@
 # Builds mlenv's .rpm with rpmbuild from binaries already built (the same contents as
 # the .deb; the policy is %config(noreplace)).
 #
-#   cargo build --release --workspace && packaging/build-rpm.sh [BIN_DIR] [OUT_DIR]
+#   packaging/build-bins.sh && packaging/build-rpm.sh [BIN_DIR] [OUT_DIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(cd "${1:-$repo/target/release}" && pwd)
+bin=$(cd "${1:-$repo/target/dist/release}" && pwd)
 out=${2:-$repo/target/rpm}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
 top=$(mktemp -d)

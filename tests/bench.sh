@@ -16,7 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200}
-cargo build --release --workspace --bins --examples
+# The binaries as they ship (mlenv-runtime linked statically) and the examples.
+dist=$(bash packaging/build-bins.sh release | tail -1)
+export MLENV_BIN_DIR=$dist
 echo "== create latency (bench_create $n)"
 target/release/examples/bench_create "$n"
 echo
@@ -27,7 +29,6 @@ echo "== decision time against inventory size (cargo bench -p mlenv --bench deci
 cargo bench -p mlenv --bench decide 2>&1 | grep -E '^decide/|time:'
 echo
 echo "== docker run (bench_create docker $n)"
-export MLENV_BIN_DIR=$PWD/target/release
 trap 'tests/e2e-env.sh stop >/dev/null' EXIT
 tests/e2e-env.sh start >/dev/null
 source /run/mlenv-e2e/env

@@ -11,7 +11,8 @@
 # works as on a GPU host (dockerd only offers --gpus when that hook exists): the stub
 # reads the container state and exits 0; mlenv injects the devices itself.
 #
-# dockerd registers mlenv-runtime from target/debug (or $MLENV_BIN_DIR) as runtime
+# dockerd registers mlenv-runtime from target/debug (or $MLENV_BIN_DIR: CI gives the
+# binaries as shipped, packaging/build-bins.sh; the tests then run those) as runtime
 # "mlenv" and makes it the default runtime, so compose files that never name it still
 # go through it. Both engines get MLENV_CONFIG, which the runtime inherits through
 # containerd's shim: the tests write their policy there.
@@ -90,6 +91,7 @@ JSON
 export MLENV_E2E_DOCKER_HOST=unix://$run/docker.sock
 export MLENV_E2E_CONTAINERD=$run/containerd.sock
 export MLENV_E2E_POLICY=$policy
+export MLENV_E2E_BIN_DIR=$bin
 ENV
     if [ -n "$extra" ]; then echo "export MLENV_E2E_TIMED=$timed" >>"$run/env"; fi
     cat "$run/env"

@@ -264,8 +264,12 @@ fn reap_orphans() {
 fn setup() -> (Bench, tempfile::TempDir) {
     // SAFETY: a flag on this process.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    // The binaries of $MLENV_BIN_DIR (tests/bench.sh: as they ship,
+    // packaging/build-bins.sh), else those this example was built with.
     let exe = std::env::current_exe().unwrap();
-    let bin_dir = exe.parent().unwrap().parent().unwrap();
+    let bin_dir = std::env::var_os("MLENV_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().to_path_buf());
     let mlenv = bin_dir.join("mlenv-runtime");
     assert!(
         mlenv.exists(),
@@ -377,8 +381,9 @@ fn creates(n: usize) {
     let gpus: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"uuid": "GPU-{i:08}-0000-0000-0000-000000000000", "minor": {i}}}"#))
         .collect();
+    let exe = std::env::current_exe().unwrap();
     let nvml = mlenv::gpu::install_fake_nvml(
-        b.mlenv.parent().unwrap(),
+        exe.parent().unwrap().parent().unwrap(),
         &dir.join("nvml"),
         &format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
     )

@@ -211,7 +211,7 @@ pub fn decide(
             }
         },
     };
-    let mut gpus = Gpus::read(&spec, policy, mode, &mut notes);
+    let mut gpus = Gpus::read(&spec, policy, mode, host, &mut notes);
     let mut request = Request {
         uid: decision.uid,
         project: decision.project.clone(),
@@ -418,6 +418,7 @@ impl Gpus {
         spec: &Spec,
         policy: &crate::policy::Policy,
         mode: Mode,
+        host: &dyn Host,
         notes: &mut Vec<String>,
     ) -> Gpus {
         let mut out = Gpus {
@@ -463,7 +464,8 @@ impl Gpus {
                     ..
                 }
             );
-        let read = crate::gpu::probe(policy.gpu.nvml_library.as_deref())
+        let read = host
+            .gpus(policy.gpu.nvml_library.as_deref())
             .map_err(|e| format!("cannot read the GPUs: {e}"))
             .and_then(|gpus| {
                 if in_place {
@@ -832,6 +834,9 @@ mod tests {
         }
         fn read(&self, path: &Path) -> Option<String> {
             self.host.read(path)
+        }
+        fn gpus(&self, lib: Option<&Path>) -> Result<Vec<GpuInfo>, String> {
+            self.host.gpus(lib)
         }
     }
 

@@ -4,6 +4,7 @@
 //! Everything is read under a root directory (`/` in production) so that tests can
 //! point the probe at fixture files.
 
+use crate::gpu::GpuInfo;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -60,18 +61,34 @@ pub trait Host {
     fn process_start(&self, pid: u32) -> Option<u64>;
     /// A file's contents, for the low-level runtime's state.
     fn read(&self, path: &Path) -> Option<String>;
+    /// The GPUs, through the NVML library at `nvml_library` (the system's when None).
+    fn gpus(&self, nvml_library: Option<&Path>) -> Result<Vec<GpuInfo>, String>;
+}
+
+/// How the GPUs are read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum GpuSource {
+    /// NVML loaded into this process.
+    #[default]
+    InProcess,
+    /// `mlenv-nvml` at this path, or beside the running binary when None (looked up
+    /// only when GPUs are asked for): for mlenv-runtime, which is linked statically
+    /// and cannot load NVML (docs/design.md).
+    Helper(Option<PathBuf>),
 }
 
 /// The real host, read under `root`.
 #[derive(Debug, Clone)]
 pub struct ProcHost {
     pub root: PathBuf,
+    pub gpus: GpuSource,
 }
 
 impl Default for ProcHost {
     fn default() -> Self {
         ProcHost {
             root: PathBuf::from("/"),
+            gpus: GpuSource::InProcess,
         }
     }
 }
@@ -148,6 +165,17 @@ impl Host for ProcHost {
 
     fn read(&self, path: &Path) -> Option<String> {
         fs::read_to_string(self.path(&path.to_string_lossy())).ok()
+    }
+
+    fn gpus(&self, nvml_library: Option<&Path>) -> Result<Vec<GpuInfo>, String> {
+        match &self.gpus {
+            GpuSource::InProcess => crate::gpu::probe(nvml_library).map_err(|e| e.to_string()),
+            GpuSource::Helper(Some(helper)) => crate::gpu::probe::through(helper, nvml_library),
+            GpuSource::Helper(None) => crate::gpu::probe::through(
+                &crate::gpu::helper::beside_me("mlenv-nvml"),
+                nvml_library,
+            ),
+        }
     }
 }
 
@@ -266,6 +294,7 @@ pub mod tests {
         }
         let host = ProcHost {
             root: dir.path().to_path_buf(),
+            gpus: GpuSource::InProcess,
         };
         (dir, host)
     }

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod runclog;
 pub mod security;
 pub mod spec;
+pub mod sqlmem;
 pub mod status;
 pub mod trust;
 pub mod units;

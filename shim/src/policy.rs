@@ -654,11 +654,31 @@ impl Policy {
     }
 }
 
+/// A user name's uid: from the C library, else from `getent passwd`. mlenv-runtime is
+/// linked statically against musl, whose lookups read /etc/passwd only; getent asks
+/// the host's glibc and its NSS modules (LDAP, SSSD), at the cost of a process.
 fn lookup_user(name: &str) -> Option<u32> {
-    nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .map(|u| u.uid.as_raw())
+    if let Some(u) = nix::unistd::User::from_name(name).ok().flatten() {
+        return Some(u.uid.as_raw());
+    }
+    let out = std::process::Command::new("getent")
+        .args(["passwd", "--", name])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    passwd_uid(&String::from_utf8_lossy(&out.stdout), name)
+}
+
+/// The uid of `name` in passwd(5) text.
+fn passwd_uid(text: &str, name: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next() == Some(name)).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
 }
 
 /// What can be read from policy files that may not validate: the keys a passthrough
@@ -808,6 +828,22 @@ pub fn load_last_known_good(main: &Path) -> Result<Loaded, PolicyError> {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn user_names_resolve_through_libc_or_getent() {
+        let text = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        for (name, want) in [
+            ("alice", Some(1000)),
+            ("root", Some(0)),
+            ("ali", None),
+            ("x", None),
+        ] {
+            assert_eq!(passwd_uid(text, name), want, "{name}");
+        }
+        assert_eq!(passwd_uid("bob:x:notanumber:0::/:/bin/sh\n", "bob"), None);
+        assert_eq!(lookup_user("root"), Some(0));
+        assert_eq!(lookup_user("mlenv-no-such-user"), None);
+    }
 
     fn setup(main: Option<&str>, dropins: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

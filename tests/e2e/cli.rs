@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 fn mlenv(policy: &std::path::Path, args: &[&str]) -> std::process::Output {
-    run(Command::new(CLI).env("MLENV_CONFIG", policy).args(args))
+    run(Command::new(cli()).env("MLENV_CONFIG", policy).args(args))
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn concurrent_creates_all_recorded() {
             let bundle = p.dir.path().join(format!("b{i}"));
             fs::create_dir(&bundle).unwrap();
             fs::write(bundle.join("config.json"), &spec).unwrap();
-            Command::new(RUNTIME)
+            Command::new(runtime())
                 .env("MLENV_CONFIG", &p.main)
                 .args(["--root", "/run/e2e-none", "create", "--bundle"])
                 .arg(&bundle)
@@ -153,7 +153,7 @@ fn concurrent_creates_all_recorded() {
 #[test]
 fn policy_check_rejects_impossible_mps_settings() {
     let p = Policy::write(None, "[mps]\ngpus = \"all\"\nmax_threads = 150\n");
-    let o = run(Command::new(CLI)
+    let o = run(Command::new(cli())
         .env("MLENV_CONFIG", &p.main)
         .args(["policy", "check"]));
     assert!(!o.status.success());
@@ -171,12 +171,58 @@ fn policy_check_rejects_impossible_mps_settings() {
         &format!("max_memory = \"96G\"\n[gpu]\nnvml_library = {:?}", lib),
     );
     fs::write(&p.main, body).unwrap();
-    let o = run(Command::new(CLI)
+    let o = run(Command::new(cli())
         .env("MLENV_CONFIG", &p.main)
         .args(["policy", "check"]));
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("[mps] max_memory = 96G is above the GPU's memory 80G"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `mlenv gpus` lists what NVML reports, from the policy's library or the one given;
+/// `--json` is what mlenv-runtime reads.
+#[test]
+fn gpus_lists_what_nvml_reports() {
+    let p = Policy::write(None, "");
+    let lib = fake_nvml(
+        &p.dir.path().join("nvml"),
+        r#"{"gpus": [{"uuid": "GPU-a", "minor": 0, "memory_used": 1073741824},
+                     {"uuid": "GPU-b", "minor": 5, "mig_mode": 1}]}"#,
+    );
+    let table = mlenv(&p.main, &["gpus", "--nvml-library", lib.to_str().unwrap()]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let out = stdout(&table);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..3], ["INDEX", "UUID", "NAME"], "{out}");
+    assert_eq!((rows[1][0], rows[1][1]), ("0", "GPU-a"), "{out}");
+    assert!(out.lines().nth(1).unwrap().contains(" 1G of 80G "), "{out}");
+    assert_eq!(
+        (rows[2][1], *rows[2].last().unwrap()),
+        ("GPU-b", "on"),
+        "{out}"
+    );
+
+    // From the policy, as JSON.
+    let body = fs::read_to_string(&p.main).unwrap();
+    fs::write(&p.main, format!("{body}[gpu]\nnvml_library = {lib:?}\n")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&mlenv(&p.main, &["gpus", "--json"]))).unwrap();
+    assert_eq!(json[1]["minor"], 5);
+    assert_eq!(json[1]["mig"], true);
+
+    let o = mlenv(
+        &p.main,
+        &["gpus", "--nvml-library", "/nonexistent/libnvidia-ml.so.1"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("mlenv: cannot load NVML from /nonexistent/libnvidia-ml.so.1"),
         "{}",
         stderr(&o)
     );
@@ -196,7 +242,7 @@ fn gc_prunes_on_demand() {
             format!(r#"{{"process": {{"user": {{"uid": 0, "gid": 0}}}}, "linux": {{"resources": {{"memory": {{"limit": {memory}}}}}}}}}"#),
         )
         .unwrap();
-        run(Command::new(RUNTIME)
+        run(Command::new(runtime())
             .env("MLENV_CONFIG", &p.main)
             .args(["create", "--bundle"])
             .arg(&bundle)

@@ -68,7 +68,7 @@ pub fn engine(
     // The registered runtime must be the binary under test.
     let info = docker(&["info", "--format", "{{json .Runtimes}}"]);
     assert!(
-        info.contains(RUNTIME),
+        info.contains(runtime()),
         "dockerd runs another mlenv-runtime: {info}; restart tests/e2e-env.sh"
     );
     Some((guard, policy))

@@ -348,7 +348,7 @@ fn corrupt_inventory_is_moved_aside_and_reported() {
         status.contains("a corrupt inventory was moved aside to"),
         "{status}"
     );
-    let doctor = run(Command::new(CLI)
+    let doctor = run(Command::new(cli())
         .env("MLENV_CONFIG", &policy.main)
         .arg("doctor"));
     assert!(

@@ -583,7 +583,7 @@ fn real_gpu_probe_select_inject() {
         .unwrap()
         .push("MLENV_GPUS=1".into());
     std::fs::write(&cfg, spec.to_string()).unwrap();
-    let out = ok(Command::new(RUNTIME)
+    let out = ok(Command::new(runtime())
         .env("MLENV_CONFIG", &p.main)
         .args(["run", "--bundle"])
         .arg(&bundle)

@@ -53,14 +53,14 @@ fn install_docker_keeps_other_keys_and_dockerd_runs_it() {
     fs::write(&daemon, &before).unwrap();
 
     let install = |extra: &[&str]| {
-        let mut c = Command::new(CLI);
+        let mut c = Command::new(cli());
         c.args([
             "install",
             "docker",
             "--name",
             "mlenv-installed",
             "--runtime",
-            RUNTIME,
+            runtime(),
         ])
         .arg("--config")
         .arg(&daemon)
@@ -99,7 +99,7 @@ fn install_docker_keeps_other_keys_and_dockerd_runs_it() {
             "max-concurrent-downloads"
         ]
     );
-    assert_eq!(after["runtimes"]["mlenv-installed"]["path"], RUNTIME);
+    assert_eq!(after["runtimes"]["mlenv-installed"]["path"], runtime());
     assert_eq!(
         after["runtimes"]["mlenv"], v["runtimes"]["mlenv"],
         "the other runtime kept"
@@ -129,7 +129,7 @@ fn install_docker_keeps_other_keys_and_dockerd_runs_it() {
     ]);
     assert_eq!(out, "through the installed runtime");
 
-    let mut c = Command::new(CLI);
+    let mut c = Command::new(cli());
     c.args(["uninstall", "docker", "--name", "mlenv-installed"])
         .arg("--config")
         .arg(&daemon)
@@ -154,8 +154,8 @@ fn install_containerd_config_is_read_by_containerd() {
         "# ours\nversion = 2\noom_score = -999\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"example/pause:9\"\n",
     )
     .unwrap();
-    let mut c = Command::new(CLI);
-    c.args(["install", "containerd", "--default", "--runtime", RUNTIME])
+    let mut c = Command::new(cli());
+    c.args(["install", "containerd", "--default", "--runtime", runtime()])
         .arg("--config")
         .arg(&config);
     let out = ok(&mut c);
@@ -165,7 +165,7 @@ fn install_containerd_config_is_read_by_containerd() {
         .arg(&config)
         .args(["config", "dump"]));
     assert!(
-        dump.contains(&format!("BinaryName = \"{RUNTIME}\"")),
+        dump.contains(&format!("BinaryName = \"{}\"", runtime())),
         "{dump}"
     );
     assert!(dump.contains("default_runtime_name = \"mlenv\""), "{dump}");

@@ -13,7 +13,7 @@ fn the_deb_installs_and_keeps_the_admins_policy() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = Path::new(RUNTIME).parent().unwrap();
+    let bin = Path::new(runtime()).parent().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/build-deb.sh");
     let deb = ok(Command::new("bash")
         .arg(script)
@@ -35,7 +35,7 @@ fn the_deb_installs_and_keeps_the_admins_policy() {
     };
     let out = install(&[]);
     assert!(out.contains("register it with your engine"), "{out}");
-    for b in ["mlenv", "mlenv-runtime", "mlenv-hook"] {
+    for b in ["mlenv", "mlenv-runtime", "mlenv-hook", "mlenv-nvml"] {
         assert!(root.join("usr/bin").join(b).is_file(), "{b} not installed");
     }
     let version = ok(Command::new(root.join("usr/bin/mlenv")).arg("--version"));
@@ -70,7 +70,7 @@ fn the_rpm_holds_the_binaries_and_the_policy_as_config() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = Path::new(RUNTIME).parent().unwrap();
+    let bin = Path::new(runtime()).parent().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/build-rpm.sh");
     let rpm = ok(Command::new("bash")
         .arg(script)
@@ -82,6 +82,7 @@ fn the_rpm_holds_the_binaries_and_the_policy_as_config() {
         "/usr/bin/mlenv",
         "/usr/bin/mlenv-runtime",
         "/usr/bin/mlenv-hook",
+        "/usr/bin/mlenv-nvml",
         "/etc/mlenv/mlenv.toml",
         "/usr/share/mlenv/oci-hooks.d/mlenv.json",
     ] {

@@ -26,7 +26,7 @@ impl Podman {
         );
         let mut hook: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(shipped).unwrap()).unwrap();
-        let built = Path::new(RUNTIME).with_file_name("mlenv-hook");
+        let built = Path::new(runtime()).with_file_name("mlenv-hook");
         assert!(
             built.exists(),
             "{} missing: cargo build --workspace",

@@ -39,7 +39,7 @@ impl<'a> Rt<'a> {
 
     /// mlenv-runtime with the global flags containerd's shim passes.
     pub(crate) fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(RUNTIME);
+        let mut c = Command::new(runtime());
         c.env("MLENV_CONFIG", &self.policy.main)
             .arg("--root")
             .arg(&self.state)
@@ -231,7 +231,7 @@ fn podman_style_call_without_log_flag() {
     let policy = Policy::write(None, "[limits]\nmax_pids = 10\n");
     let b = policy.dir.path().join("bundle");
     bundle(&b, &["true"], json!({"pids": {"limit": 100}}));
-    let o = run(Command::new(RUNTIME)
+    let o = run(Command::new(runtime())
         .env("MLENV_CONFIG", &policy.main)
         .current_dir(&b)
         .args(["create", "--pid-file", "pidfile", "e2e-podman"])

@@ -6,8 +6,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-pub const RUNTIME: &str = env!("CARGO_BIN_EXE_mlenv-runtime");
-pub const CLI: &str = env!("CARGO_BIN_EXE_mlenv");
+/// The binaries under test: those the test engines were started with
+/// (`tests/e2e-env.sh` with MLENV_BIN_DIR, as CI starts them with the binaries as
+/// shipped: mlenv-runtime linked statically), else this build's.
+fn built(name: &str, cargo_built: &'static str, cell: &'static OnceLock<String>) -> &'static str {
+    cell.get_or_init(|| {
+        std::env::var_os("MLENV_E2E_BIN_DIR")
+            .map(|d| Path::new(&d).join(name))
+            .filter(|p| p.exists())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| cargo_built.to_string())
+    })
+}
+
+/// mlenv-runtime under test.
+pub fn runtime() -> &'static str {
+    static CELL: OnceLock<String> = OnceLock::new();
+    built("mlenv-runtime", env!("CARGO_BIN_EXE_mlenv-runtime"), &CELL)
+}
+
+/// The mlenv CLI under test.
+pub fn cli() -> &'static str {
+    static CELL: OnceLock<String> = OnceLock::new();
+    built("mlenv", env!("CARGO_BIN_EXE_mlenv"), &CELL)
+}
 pub const IMAGE: &str = "mlenv-busybox:e2e";
 
 /// Prints each limit the container sees in its cgroup, v1 or v2, as `key=value`
@@ -174,8 +196,8 @@ pub fn limits(out: &str) -> (String, String, String) {
 /// The test NVML library of this build installed in `dir` with the GPUs of
 /// `gpus_json` (see `mlenv::gpu::install_fake_nvml`); returns the library's path.
 pub fn fake_nvml(dir: &Path, gpus_json: &str) -> PathBuf {
-    mlenv::gpu::install_fake_nvml(Path::new(RUNTIME).parent().unwrap(), dir, gpus_json)
-        .unwrap_or_else(|e| panic!("{e}"))
+    let target_dir = Path::new(env!("CARGO_BIN_EXE_mlenv")).parent().unwrap();
+    mlenv::gpu::install_fake_nvml(target_dir, dir, gpus_json).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A policy written for one test: its own inventory, in its own directory.
@@ -224,7 +246,9 @@ impl Policy {
 
     /// The admin CLI reading this policy.
     pub fn cli(&self, args: &[&str]) -> String {
-        ok(Command::new(CLI).env("MLENV_CONFIG", &self.main).args(args))
+        ok(Command::new(cli())
+            .env("MLENV_CONFIG", &self.main)
+            .args(args))
     }
 
     /// `mlenv history --json`, as values.

@@ -14,15 +14,27 @@ use mlenv::host::ProcHost;
 use mlenv::runclog::RuncLog;
 use mlenv::{lowlevel, policy};
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::exit;
+
+/// As it ships, linked against musl, whose allocator hands memory back to the kernel
+/// as it goes: SQLite's and serde's many small allocations then cost page faults.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 /// The process entry. As std's start-up would: fds 0 to 2 are made valid (an engine
 /// may close them, and a file opened here must never become stderr), and SIGPIPE is
 /// ignored here (children get it back at its default, as std's spawn gives it).
-/// Arguments come from std, which keeps them itself on glibc.
+/// Arguments are read from `argv`: std keeps its own copy only on glibc, and only
+/// from its start-up on musl, which this binary is linked with as it ships.
+///
+/// # Safety
+///
+/// Called by the C runtime alone, with `argc` valid strings in `argv`.
 #[no_mangle]
-pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+pub unsafe extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: plain syscalls on the standard descriptors and one signal disposition,
     // before any other code runs.
     unsafe {
@@ -34,11 +46,19 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
         }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    run()
+    // SAFETY: the C runtime passes argc valid NUL-terminated strings in argv.
+    let args = (1..argc.max(1) as usize)
+        .map(|i| unsafe {
+            let arg = std::ffi::CStr::from_ptr(*argv.add(i));
+            OsString::from(std::ffi::OsStr::from_bytes(arg.to_bytes()))
+        })
+        .collect();
+    // Before any SQLite connection: afterwards SQLite keeps its own allocator.
+    mlenv::sqlmem::use_global_allocator();
+    run(args)
 }
 
-fn run() -> ! {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+fn run(args: Vec<OsString>) -> ! {
     let inv = argv::scan(&args);
     let main = policy::main_path();
     match inv.command {
@@ -337,7 +357,12 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         }
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let host = ProcHost::default();
+    // NVML through the mlenv binary installed beside this one: this one is linked
+    // statically, and cannot load it (docs/design.md).
+    let host = ProcHost {
+        gpus: mlenv::host::GpuSource::Helper(None),
+        ..ProcHost::default()
+    };
     match create::decide(
         create::Mode::Runtime,
         inv,

@@ -88,6 +88,16 @@ enum Cmd {
     /// Write man pages of mlenv and its subcommands into DIR (packaging).
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// The GPUs as NVML reports them (index, UUID, minor, memory, processes, MIG
+    /// mode), as mlenv-runtime reads them (through mlenv-nvml).
+    Gpus {
+        #[arg(long)]
+        json: bool,
+        /// The NVML library (default: the policy's [gpu] nvml_library, else the
+        /// system's libnvidia-ml.so.1).
+        #[arg(long)]
+        nvml_library: Option<PathBuf>,
+    },
     /// CDI devices as mlenv sees them (inject = "cdi").
     Cdi {
         #[command(subcommand)]
@@ -183,6 +193,7 @@ fn main() -> ExitCode {
         } => policy_check(file.as_deref()),
         Cmd::Ps { json } => ps(json),
         Cmd::Cdi { command } => cdi(command),
+        Cmd::Gpus { json, nvml_library } => gpus(json, nvml_library),
         Cmd::Man { dir } => man(&dir),
         Cmd::Gc { older_than, json } => gc(older_than.as_deref(), json),
         Cmd::Doctor { json } => {
@@ -501,6 +512,49 @@ fn json_out<T: serde::Serialize>(v: &T) -> Result<ExitCode, String> {
     println!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gpus(json: bool, nvml_library: Option<PathBuf>) -> Result<ExitCode, String> {
+    let lib = nvml_library.or_else(|| {
+        policy::load(&policy::main_path())
+            .ok()
+            .and_then(|l| l.policy.gpu.nvml_library)
+    });
+    let gpus = mlenv::gpu::probe(lib.as_deref()).map_err(|e| e.to_string())?;
+    if json {
+        return json_out(&gpus);
+    }
+    table(
+        &[
+            "INDEX",
+            "UUID",
+            "NAME",
+            "MINOR",
+            "MEMORY USED",
+            "UTIL",
+            "PROCESSES",
+            "MIG",
+        ],
+        gpus.iter()
+            .map(|g| {
+                vec![
+                    g.index.to_string(),
+                    g.uuid.clone(),
+                    g.name.clone(),
+                    g.minor.to_string(),
+                    format!(
+                        "{} of {}",
+                        ByteSize(g.memory_used),
+                        ByteSize(g.memory_total)
+                    ),
+                    format!("{}%", g.utilization),
+                    g.processes.len().to_string(),
+                    opt(g.mig.map(|m| if m { "on" } else { "off" })),
+                ]
+            })
+            .collect(),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -18,7 +18,6 @@ use super::probe::GpuInfo;
 use crate::spec::{Spec, SpecError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The resolution itself, with the container-device-interface crate.
 pub mod resolve {
@@ -98,29 +97,6 @@ pub struct Devices {
     helper: PathBuf,
 }
 
-/// The `mlenv` binary beside the running one (mlenv-runtime is installed with it).
-pub fn helper_beside_me() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("mlenv")))
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/mlenv"))
-}
-
-fn call(helper: &Path, args: &[String]) -> Result<Value, String> {
-    let out = Command::new(helper)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr)
-            .trim()
-            .trim_start_matches("mlenv: ")
-            .to_string());
-    }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("{} {}: bad output: {e}", helper.display(), args.join(" ")))
-}
-
 impl Devices {
     /// Lists the devices of `kind` in `dirs` through `helper` (`mlenv cdi list`).
     pub fn load(dirs: &[PathBuf], kind: &str, helper: &Path) -> Result<Devices, String> {
@@ -132,7 +108,7 @@ impl Devices {
             kind.into(),
         ];
         args.extend(dirs.iter().map(|d| d.display().to_string()));
-        let names = call(helper, &args)?
+        let names = super::helper::call(helper, &args)?
             .as_array()
             .map(|a| {
                 a.iter()
@@ -181,7 +157,7 @@ impl Devices {
         args.extend(self.dirs.iter().map(|d| d.display().to_string()));
         args.push("--".into());
         args.extend(names.iter().cloned());
-        let edits = call(&self.helper, &args).map_err(InjectError::Cdi)?;
+        let edits = super::helper::call(&self.helper, &args).map_err(InjectError::Cdi)?;
         Ok(merge(spec, &edits)?)
     }
 }

@@ -98,7 +98,7 @@ pub fn prepare(
             let found = super::cdi::Devices::load(
                 &policy.cdi_spec_dirs,
                 &policy.cdi_kind,
-                &super::cdi::helper_beside_me(),
+                &super::helper::beside_me("mlenv"),
             )
             .map_err(fail)?;
             for g in gpus {

@@ -3,6 +3,7 @@
 
 pub mod cdi;
 pub mod devices;
+pub mod helper;
 pub mod inject;
 pub mod mps;
 pub mod probe;

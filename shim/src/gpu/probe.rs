@@ -6,7 +6,7 @@
 
 use nvml_wrapper::structs::device::MigMode;
 use nvml_wrapper::Nvml;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +26,14 @@ pub enum GpuError {
     Count(nvml_wrapper::error::NvmlError),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuProcess {
     pub pid: u32,
     /// Bytes, when the driver reports them.
     pub used_memory: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuInfo {
     pub index: u32,
     pub uuid: String,
@@ -115,6 +115,20 @@ pub fn probe(lib: Option<&Path>) -> Result<Vec<GpuInfo>, GpuError> {
         });
     }
     Ok(out)
+}
+
+/// Reads every GPU through `helper` (`mlenv-nvml`), for a process that cannot load
+/// NVML itself: mlenv-runtime is linked statically (docs/design.md). The same GPUs as
+/// [`probe`], or its message.
+pub fn through(helper: &Path, lib: Option<&Path>) -> Result<Vec<GpuInfo>, String> {
+    let mut args = Vec::new();
+    if let Some(lib) = lib {
+        args.push("--nvml-library".to_string());
+        args.push(lib.display().to_string());
+    }
+    let out = super::helper::call(helper, &args)?;
+    serde_json::from_value(out)
+        .map_err(|e| format!("{} {}: bad output: {e}", helper.display(), args.join(" ")))
 }
 
 /// The file name of the test NVML library (tests/fake-nvml).
@@ -261,6 +275,33 @@ pub(crate) mod tests {
             "{err}"
         );
         std::env::remove_var("MLENV_FAKE_NVML_CONFIG");
+    }
+
+    #[test]
+    fn through_the_helper_reads_what_nvml_reads() {
+        let Some(helper) = built("mlenv-nvml") else {
+            return;
+        };
+        let Some((_g, lib, _d)) = fake_gpus(GPUS) else {
+            return;
+        };
+        let here = probe(Some(&lib)).unwrap();
+        assert_eq!(here.len(), 2);
+        assert_eq!(through(&helper, Some(&lib)).unwrap(), here);
+        // The helper's message, as a probe here gives it.
+        let err = through(&helper, Some(Path::new("/nonexistent/libnvidia-ml.so.1"))).unwrap_err();
+        assert!(
+            err.starts_with("cannot load NVML from /nonexistent/libnvidia-ml.so.1")
+                && err.contains("[gpu] nvml_library"),
+            "{err}"
+        );
+        let err = super::super::helper::call(&helper, &["--bogus".into()]).unwrap_err();
+        assert_eq!(err, "usage: mlenv-nvml [--nvml-library PATH]");
+        let err = through(Path::new("/nonexistent/mlenv-nvml"), Some(&lib)).unwrap_err();
+        assert!(
+            err.starts_with("cannot run /nonexistent/mlenv-nvml: "),
+            "{err}"
+        );
     }
 
     #[test]

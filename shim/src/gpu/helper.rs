@@ -1,0 +1,40 @@
+//! Helpers of mlenv-runtime, for what it keeps out of its own process: NVML
+//! (`mlenv-nvml`), which a statically linked binary cannot load, and CDI (`mlenv cdi`),
+//! whose crate would weigh on every call (docs/design.md).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The binary `name` beside the running one (mlenv's are installed together).
+pub fn beside_me(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| Path::new("/usr/bin").join(name))
+}
+
+/// Runs `helper` with `args` and reads its JSON output; on failure, its message
+/// (stderr without the `mlenv: ` prefix).
+pub fn call(helper: &Path, args: &[String]) -> Result<Value, String> {
+    let out = Command::new(helper)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let msg = msg.trim().trim_start_matches("mlenv: ");
+        return Err(if msg.is_empty() {
+            format!(
+                "{} {} failed ({})",
+                helper.display(),
+                args.join(" "),
+                out.status
+            )
+        } else {
+            msg.to_string()
+        });
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} {}: bad output: {e}", helper.display(), args.join(" ")))
+}
