@@ -51,7 +51,7 @@ impl Default for EnginePaths {
     }
 }
 
-/// Runs every check. `runtime_dir`: where mlenv-runtime and mlenv-hook are expected.
+/// Runs every check. `runtime_dir`: where mlenv-runtime, mlenv-hook and mlenv-nvml are expected.
 pub fn check(main: &Path, runtime_dir: &Path, engines: &EnginePaths) -> Vec<Line> {
     use Level::*;
     let mut out = Vec::new();
@@ -106,12 +106,15 @@ pub fn check(main: &Path, runtime_dir: &Path, engines: &EnginePaths) -> Vec<Line
     for (name, what) in [
         ("mlenv-runtime", "mlenv-runtime"),
         ("mlenv-hook", "mlenv-hook"),
+        ("mlenv-nvml", "mlenv-nvml"),
     ] {
         let path = runtime_dir.join(name);
         out.push(if path.is_file() {
             line(Ok, what, path.display().to_string(), None)
         } else if name == "mlenv-hook" {
             line(Warn, what, format!("{} not found", path.display()), Some("install it beside mlenv-runtime: without it liveness falls back to runc's state and leases end only on delete"))
+        } else if name == "mlenv-nvml" {
+            line(Warn, what, format!("{} not found", path.display()), Some("install it beside mlenv-runtime: it reads the GPUs for mlenv-runtime, which refuses GPU requests without it"))
         } else {
             line(Fail, what, format!("{} not found", path.display()), Some("install mlenv-runtime beside mlenv"))
         });
@@ -316,6 +319,7 @@ mod tests {
         assert_eq!(level("policy"), Some(Level::Ok));
         assert_eq!(level("mlenv-runtime"), Some(Level::Ok));
         assert_eq!(level("mlenv-hook"), Some(Level::Warn));
+        assert_eq!(level("mlenv-nvml"), Some(Level::Warn));
         assert_eq!(level("inventory"), Some(Level::Ok));
         assert_eq!(level("nvml"), Some(Level::Warn));
         assert_eq!(level("engines"), Some(Level::Ok));
