@@ -3,12 +3,13 @@
 #
 #   packaging/build-bins.sh [release|debug]      # default release
 #
-# mlenv, mlenv-hook and mlenv-nvml for the host (glibc), and mlenv-runtime linked statically
-# against musl: every call an engine makes goes through mlenv-runtime, and a static
-# binary starts without the dynamic loader's and glibc's start-up (0.8 ms less per
-# call on the machines of docs/benchmarks.md). What needs glibc, NVML and user names
-# from NSS, it asks of `mlenv-nvml` and `getent` (docs/design.md). Needs the musl target
-# (`rustup target add x86_64-unknown-linux-musl`) and musl-gcc (Debian's musl-tools),
+# mlenv, mlenv-hook and mlenv-nvml for the host (glibc), and mlenv-runtime linked
+# statically against musl: every call an engine makes goes through mlenv-runtime,
+# and a static binary starts without the dynamic loader's and glibc's start-up
+# (0.6 ms less per call passed through, docs/benchmarks.md, sixth pass). What needs
+# glibc, NVML and user names from NSS, it asks of `mlenv-nvml` and `getent`
+# (docs/design.md). Needs the musl target (`rustup target add
+# x86_64-unknown-linux-musl`) and musl-gcc (Debian's musl-tools),
 # for SQLite's C; tests/install-deps.sh installs both.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

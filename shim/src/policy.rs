@@ -661,7 +661,12 @@ fn lookup_user(name: &str) -> Option<u32> {
     if let Some(u) = nix::unistd::User::from_name(name).ok().flatten() {
         return Some(u.uid.as_raw());
     }
-    let out = std::process::Command::new("getent")
+    // Not through the engine's PATH, where it is there.
+    let getent = ["/usr/bin/getent", "/bin/getent"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("getent");
+    let out = std::process::Command::new(getent)
         .args(["passwd", "--", name])
         .stderr(std::process::Stdio::null())
         .output()
@@ -672,11 +677,16 @@ fn lookup_user(name: &str) -> Option<u32> {
     passwd_uid(&String::from_utf8_lossy(&out.stdout), name)
 }
 
-/// The uid of `name` in passwd(5) text.
+/// The uid in what `getent passwd NAME` printed. A numeric name is also looked up as a
+/// uid, so the line must be that name's; any other name gives one line, whose name
+/// may differ in case (SSSD, AD with case_sensitive = false), as glibc's own lookup
+/// accepts.
 fn passwd_uid(text: &str, name: &str) -> Option<u32> {
+    let numeric = name.bytes().all(|b| b.is_ascii_digit());
     text.lines().find_map(|line| {
         let mut f = line.split(':');
-        (f.next() == Some(name)).then_some(())?;
+        let user = f.next()?;
+        (!numeric || user == name).then_some(())?;
         f.nth(1)?.parse().ok()
     })
 }
@@ -831,15 +841,19 @@ mod tests {
 
     #[test]
     fn user_names_resolve_through_libc_or_getent() {
-        let text = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
-        for (name, want) in [
-            ("alice", Some(1000)),
-            ("root", Some(0)),
-            ("ali", None),
-            ("x", None),
-        ] {
-            assert_eq!(passwd_uid(text, name), want, "{name}");
-        }
+        assert_eq!(
+            passwd_uid("alice:x:1000:1000::/home/alice:/bin/sh\n", "alice"),
+            Some(1000)
+        );
+        // The canonical name of a case-insensitive directory.
+        assert_eq!(
+            passwd_uid("alice:x:1000:1000::/home/alice:/bin/sh\n", "Alice"),
+            Some(1000)
+        );
+        // A numeric name: the line of that name, not the user of that uid.
+        assert_eq!(passwd_uid("root:x:0:0:root:/root:/bin/bash\n", "0"), None);
+        assert_eq!(passwd_uid("0:x:1500:1500::/:/bin/sh\n", "0"), Some(1500));
+        assert_eq!(passwd_uid("", "alice"), None);
         assert_eq!(passwd_uid("bob:x:notanumber:0::/:/bin/sh\n", "bob"), None);
         assert_eq!(lookup_user("root"), Some(0));
         assert_eq!(lookup_user("mlenv-no-such-user"), None);

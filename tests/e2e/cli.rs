@@ -182,8 +182,8 @@ fn policy_check_rejects_impossible_mps_settings() {
     );
 }
 
-/// `mlenv gpus` lists what NVML reports, from the policy's library or the one given;
-/// `--json` is what mlenv-runtime reads.
+/// `mlenv gpus` lists what NVML reports, from the policy's library or the one given
+/// (mlenv-runtime reads the same through mlenv-nvml).
 #[test]
 fn gpus_lists_what_nvml_reports() {
     let p = Policy::write(None, "");

@@ -14,26 +14,30 @@ pub fn beside_me(name: &str) -> PathBuf {
         .unwrap_or_else(|| Path::new("/usr/bin").join(name))
 }
 
-/// Runs `helper` with `args` and reads its JSON output; on failure, its message
-/// (stderr without the `mlenv: ` prefix).
+/// Runs `helper` with `args` and reads its JSON output; on failure, its message (the
+/// last line of stderr that starts `mlenv: `, without the prefix).
 pub fn call(helper: &Path, args: &[String]) -> Result<Value, String> {
     let out = Command::new(helper)
         .args(args)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr);
-        let msg = msg.trim().trim_start_matches("mlenv: ");
-        return Err(if msg.is_empty() {
-            format!(
-                "{} {} failed ({})",
-                helper.display(),
-                args.join(" "),
-                out.status
-            )
-        } else {
-            msg.to_string()
-        });
+        // Its own message, without what a library printed before it.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("mlenv: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!(
+                    "{} {} failed ({}): {}",
+                    helper.display(),
+                    args.join(" "),
+                    out.status,
+                    stderr.trim()
+                )
+            }));
     }
     serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{} {}: bad output: {e}", helper.display(), args.join(" ")))
