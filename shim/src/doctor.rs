@@ -103,20 +103,29 @@ pub fn check(main: &Path, runtime_dir: &Path, engines: &EnginePaths) -> Vec<Line
             Some("install runc (apt install runc) or set [runtime] path"),
         ),
     });
-    for (name, what) in [
-        ("mlenv-runtime", "mlenv-runtime"),
-        ("mlenv-hook", "mlenv-hook"),
-        ("mlenv-nvml", "mlenv-nvml"),
+    // Each binary, and what its absence costs.
+    for (name, missing, fix) in [
+        (
+            "mlenv-runtime",
+            Fail,
+            "install mlenv-runtime beside mlenv",
+        ),
+        (
+            "mlenv-hook",
+            Warn,
+            "install it beside mlenv-runtime: without it liveness falls back to runc's state and leases end only on delete",
+        ),
+        (
+            "mlenv-nvml",
+            Warn,
+            "install it beside mlenv-runtime: it reads the GPUs for mlenv-runtime, which refuses GPU requests without it",
+        ),
     ] {
         let path = runtime_dir.join(name);
         out.push(if path.is_file() {
-            line(Ok, what, path.display().to_string(), None)
-        } else if name == "mlenv-hook" {
-            line(Warn, what, format!("{} not found", path.display()), Some("install it beside mlenv-runtime: without it liveness falls back to runc's state and leases end only on delete"))
-        } else if name == "mlenv-nvml" {
-            line(Warn, what, format!("{} not found", path.display()), Some("install it beside mlenv-runtime: it reads the GPUs for mlenv-runtime, which refuses GPU requests without it"))
+            line(Ok, name, path.display().to_string(), None)
         } else {
-            line(Fail, what, format!("{} not found", path.display()), Some("install mlenv-runtime beside mlenv"))
+            line(missing, name, format!("{} not found", path.display()), Some(fix))
         });
     }
     let inv_path = &p.inventory.path;

@@ -71,10 +71,10 @@ pub enum GpuSource {
     /// NVML loaded into this process.
     #[default]
     InProcess,
-    /// `mlenv-nvml` at this path, or beside the running binary when None (looked up
-    /// only when GPUs are asked for): for mlenv-runtime, which is linked statically
-    /// and cannot load NVML (docs/design.md).
-    Helper(Option<PathBuf>),
+    /// `mlenv-nvml` beside the running binary (looked up only when GPUs are asked
+    /// for): for mlenv-runtime, which is linked statically and cannot load NVML
+    /// (docs/design.md).
+    Helper,
 }
 
 /// The real host, read under `root`.
@@ -170,8 +170,7 @@ impl Host for ProcHost {
     fn gpus(&self, nvml_library: Option<&Path>) -> Result<Vec<GpuInfo>, String> {
         match &self.gpus {
             GpuSource::InProcess => crate::gpu::probe(nvml_library).map_err(|e| e.to_string()),
-            GpuSource::Helper(Some(helper)) => crate::gpu::probe::through(helper, nvml_library),
-            GpuSource::Helper(None) => crate::gpu::probe::through(
+            GpuSource::Helper => crate::gpu::probe::through(
                 &crate::gpu::helper::beside_me("mlenv-nvml"),
                 nvml_library,
             ),

@@ -22,17 +22,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    match mlenv::gpu::probe(lib.as_deref()) {
-        Ok(gpus) => match serde_json::to_string(&gpus) {
-            Ok(line) => {
-                println!("{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("mlenv: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    let line = mlenv::gpu::probe(lib.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|gpus| serde_json::to_string(&gpus).map_err(|e| e.to_string()));
+    match line {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("mlenv: {e}");
             ExitCode::FAILURE

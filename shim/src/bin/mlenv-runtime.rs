@@ -357,10 +357,10 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         }
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    // NVML through the mlenv binary installed beside this one: this one is linked
+    // NVML through mlenv-nvml installed beside this one: this one is linked
     // statically, and cannot load it (docs/design.md).
     let host = ProcHost {
-        gpus: mlenv::host::GpuSource::Helper(None),
+        gpus: mlenv::host::GpuSource::Helper,
         ..ProcHost::default()
     };
     match create::decide(

@@ -108,7 +108,7 @@ impl Devices {
             kind.into(),
         ];
         args.extend(dirs.iter().map(|d| d.display().to_string()));
-        let names = super::helper::call(helper, &args)?
+        let names = super::helper::call::<Value>(helper, &args)?
             .as_array()
             .map(|a| {
                 a.iter()
@@ -157,7 +157,7 @@ impl Devices {
         args.extend(self.dirs.iter().map(|d| d.display().to_string()));
         args.push("--".into());
         args.extend(names.iter().cloned());
-        let edits = super::helper::call(&self.helper, &args).map_err(InjectError::Cdi)?;
+        let edits: Value = super::helper::call(&self.helper, &args).map_err(InjectError::Cdi)?;
         Ok(merge(spec, &edits)?)
     }
 }

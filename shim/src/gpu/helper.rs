@@ -2,7 +2,7 @@
 //! (`mlenv-nvml`), which a statically linked binary cannot load, and CDI (`mlenv cdi`),
 //! whose crate would weigh on every call (docs/design.md).
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,9 +14,9 @@ pub fn beside_me(name: &str) -> PathBuf {
         .unwrap_or_else(|| Path::new("/usr/bin").join(name))
 }
 
-/// Runs `helper` with `args` and reads its JSON output; on failure, its message (the
-/// last line of stderr that starts `mlenv: `, without the prefix).
-pub fn call(helper: &Path, args: &[String]) -> Result<Value, String> {
+/// Runs `helper` with `args` and reads its JSON output as a `T`; on failure, its
+/// message (the last line of stderr that starts `mlenv: `, without the prefix).
+pub fn call<T: DeserializeOwned>(helper: &Path, args: &[String]) -> Result<T, String> {
     let out = Command::new(helper)
         .args(args)
         .output()

@@ -126,9 +126,7 @@ pub fn through(helper: &Path, lib: Option<&Path>) -> Result<Vec<GpuInfo>, String
         args.push("--nvml-library".to_string());
         args.push(lib.display().to_string());
     }
-    let out = super::helper::call(helper, &args)?;
-    serde_json::from_value(out)
-        .map_err(|e| format!("{} {}: bad output: {e}", helper.display(), args.join(" ")))
+    super::helper::call(helper, &args)
 }
 
 /// The file name of the test NVML library (tests/fake-nvml).
@@ -295,7 +293,8 @@ pub(crate) mod tests {
                 && err.contains("[gpu] nvml_library"),
             "{err}"
         );
-        let err = super::super::helper::call(&helper, &["--bogus".into()]).unwrap_err();
+        let err =
+            super::super::helper::call::<Vec<GpuInfo>>(&helper, &["--bogus".into()]).unwrap_err();
         assert_eq!(err, "usage: mlenv-nvml [--nvml-library PATH]");
         let err = through(Path::new("/nonexistent/mlenv-nvml"), Some(&lib)).unwrap_err();
         assert!(
