@@ -100,8 +100,33 @@ impl ProcHost {
 
     fn text(&self, rel: &str) -> Result<String, HostError> {
         let path = self.path(rel);
-        fs::read_to_string(&path).map_err(|source| HostError::Read { path, source })
+        read_generated(&path).map_err(|source| HostError::Read { path, source })
     }
+}
+
+/// Reads a small file that the kernel makes up as it is read (/proc, /sys): such a
+/// file says its size is 0, so `fs::read_to_string` asks its size, then probes it
+/// with reads of 32, 32, 64, 128 ... bytes, some twelve system calls a file. Into
+/// room for two pages, it takes one read and the one that finds the end. A create
+/// reads nine of them.
+fn read_generated(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 impl Host for ProcHost {
@@ -159,7 +184,7 @@ impl Host for ProcHost {
     }
 
     fn process_start(&self, pid: u32) -> Option<u64> {
-        let stat = fs::read_to_string(self.path(&format!("proc/{pid}/stat"))).ok()?;
+        let stat = read_generated(&self.path(&format!("proc/{pid}/stat"))).ok()?;
         parse_stat_start(&stat)
     }
 
@@ -273,6 +298,25 @@ pub mod tests {
     use super::*;
 
     pub const MEMINFO: &str = "MemTotal:       32768000 kB\nMemFree:         1000000 kB\nMemAvailable:    8192000 kB\nBuffers:          100 kB\nSwapTotal:       2048000 kB\nSwapFree:        1024000 kB\n";
+
+    #[test]
+    fn generated_files_are_read_whole() {
+        // Past the first buffer, and not a multiple of it.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        let text: String = (0..5000).map(|i| format!("{i}\n")).collect();
+        assert!(text.len() > 8192 * 2);
+        fs::write(&p, &text).unwrap();
+        assert_eq!(read_generated(&p).unwrap(), text);
+        fs::write(&p, "").unwrap();
+        assert_eq!(read_generated(&p).unwrap(), "");
+        // The kernel's own, which say they are empty.
+        let host = ProcHost::default();
+        assert!(host.probe().unwrap().mem_total > 0);
+        assert!(host.process_start(std::process::id()).is_some());
+        let err = read_generated(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
 
     /// A fixture host: the files a probe reads, under a temporary root.
     pub fn fixture(files: &[(&str, &str)]) -> (tempfile::TempDir, ProcHost) {
