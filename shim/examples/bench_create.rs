@@ -76,13 +76,27 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Median and interquartile range of the per-iteration differences `a[i] - b[i]`:
-/// interleaved runs share whatever the machine was doing, so the paired difference
-/// is steadier than a difference of medians.
+/// A 95% confidence interval of the median of `v`, from order statistics (no
+/// assumption about the distribution): the values at ranks n/2 -+ 0.98 sqrt(n).
+fn median_ci(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len() as f64;
+    let half = 0.98 * n.sqrt();
+    let lo = ((n / 2.0 - half).floor().max(0.0)) as usize;
+    let hi = ((n / 2.0 + half).ceil() as usize).min(s.len() - 1);
+    (s[lo], s[hi])
+}
+
+/// Median (with its 95% confidence interval) and interquartile range of the
+/// per-iteration differences `a[i] - b[i]`: interleaved runs share whatever the
+/// machine was doing, so the paired difference is steadier than a difference of
+/// medians.
 fn paired(name: &str, a: &[f64], b: &[f64]) {
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let (lo, hi) = median_ci(&d);
     println!(
-        "{name:<34} median {:+7.3} ms   IQR {:+.3} .. {:+.3} ms",
+        "{name:<34} median {:+7.3} ms   95% CI {lo:+.3} .. {hi:+.3}   IQR {:+.3} .. {:+.3} ms",
         quantile(&d, 0.5),
         quantile(&d, 0.25),
         quantile(&d, 0.75)
@@ -688,8 +702,9 @@ fn docker(n: usize) {
     let (ra, _) = stats("--runtime=runc", &a);
     let (rb, _) = stats("--runtime=mlenv", &b);
     let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y / x).collect();
+    let (lo, hi) = median_ci(&ratios);
     println!(
-        "ratio mlenv/runc: of the medians {:.4}; paired, median {:.4} (IQR {:.4} .. {:.4})",
+        "ratio mlenv/runc: of the medians {:.4}; paired, median {:.4} (95% CI {lo:.4} .. {hi:.4}, IQR {:.4} .. {:.4})",
         rb / ra,
         quantile(&ratios, 0.5),
         quantile(&ratios, 0.25),
