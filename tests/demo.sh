@@ -10,12 +10,23 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 bash tests/install-deps.sh
-cargo build --workspace --bins -q
+# The whole workspace: the test NVML library is a cdylib, not a binary.
+cargo build --workspace -q
+# mlenv's binaries as they ship (mlenv-runtime linked statically, packaging/build-bins.sh),
+# where the musl target and musl-gcc are installed; else the plain build's, saying so.
+musl=$(uname -m)-unknown-linux-musl
+if rustup target list --installed 2>/dev/null | grep -qx "$musl" && command -v musl-gcc >/dev/null; then
+    MLENV_BIN_DIR=$(bash packaging/build-bins.sh debug | tail -1)
+    export MLENV_BIN_DIR
+else
+    echo "demo: no Rust target $musl or no musl-gcc: running the plain cargo build's mlenv-runtime" >&2
+fi
 trap 'bash tests/e2e-env.sh stop >/dev/null' EXIT
 bash tests/e2e-env.sh start >/dev/null
 source /run/mlenv-e2e/env
 export DOCKER_HOST=$MLENV_E2E_DOCKER_HOST MLENV_CONFIG=$MLENV_E2E_POLICY
-mlenv=target/debug/mlenv
+mlenv=$MLENV_E2E_BIN_DIR/mlenv
+echo "== dockerd with $MLENV_E2E_BIN_DIR/mlenv-runtime as its default runtime"
 
 # An image from busybox-static (this machine needs no registry).
 rootfs=$(mktemp -d)
