@@ -151,6 +151,14 @@ CREATE INDEX containers_ended ON containers(ended_ms) WHERE ended_ms IS NOT NULL
 "#,
 ];
 
+/// Ends the live container ?3 (under root ?5, or any root when ?4) at ?1 for reason ?2.
+const END: &str = "UPDATE containers SET ended_ms = ?1, end_reason = ?2
+                   WHERE container_id = ?3 AND (?4 OR root IS ?5) AND ended_ms IS NULL";
+
+/// Records the init process (?1, started at ?2) of the live container ?3.
+const STARTED: &str = "UPDATE containers SET init_pid = ?1, init_start = ?2
+                       WHERE container_id = ?3 AND ended_ms IS NULL";
+
 /// Whether anything is older than the cutoff ?1: by index on both sides (the
 /// decisions' time, the containers' end), so that it costs the same at 100,000 rows.
 const PRUNE_DUE: &str = "SELECT EXISTS (SELECT 1 FROM decisions WHERE time_ms < ?1
@@ -798,12 +806,17 @@ impl Inventory {
         reason: &str,
     ) -> Result<usize, InventoryError> {
         let n = self.write(|tx| {
-            tx.execute(
-                "UPDATE containers SET ended_ms = ?1, end_reason = ?2
-                 WHERE container_id = ?3 AND (?4 OR root IS ?5) AND ended_ms IS NULL",
-                params![now_ms, reason, container_id, root.is_none(), root.flatten()],
-            )
-            .map_err(|e| ("ending the container", e))
+            tx.prepare_cached(END)
+                .and_then(|mut end| {
+                    end.execute(params![
+                        now_ms,
+                        reason,
+                        container_id,
+                        root.is_none(),
+                        root.flatten()
+                    ])
+                })
+                .map_err(|e| ("ending the container", e))
         })?;
         Ok(n)
     }
@@ -816,13 +829,23 @@ impl Inventory {
         init: (u32, u64),
     ) -> Result<usize, InventoryError> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE containers SET init_pid = ?1, init_start = ?2
-                 WHERE container_id = ?3 AND ended_ms IS NULL",
-                params![init.0, init.1 as i64, container_id],
-            )
-            .map_err(|e| ("recording the init process", e))
+            tx.prepare_cached(STARTED)
+                .and_then(|mut started| {
+                    started.execute(params![init.0, init.1 as i64, container_id])
+                })
+                .map_err(|e| ("recording the init process", e))
         })
+    }
+
+    /// Compiles, into the connection's statement cache, the statements that end a
+    /// container and record its init process: for a caller holding the connection
+    /// while the runtime works (a delete, a create waiting for `runc create`), so
+    /// that SQLite's compile (the end has the lease trigger coded in) is not done
+    /// after the runtime has returned, while the engine waits. Best effort.
+    pub fn prepare_ahead(&self) {
+        for sql in [END, STARTED] {
+            let _ = self.conn.prepare_cached(sql);
+        }
     }
 
     /// Records new limits of the live container `id` (under runtime root `root`, or

@@ -388,9 +388,14 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
             }
         }
         // The engine asked for a pid file (Docker, containerd, podman and CRI-O all
-        // do): wait for the runtime, then record the init process it names.
+        // do): wait for the runtime, then record the init process it names, with a
+        // statement compiled while the runtime worked.
         Ok((Verdict::Admitted { runtime }, Some(mut inventory))) if inv.pid_file.is_some() => {
-            match lowlevel::run(&runtime, args) {
+            let ran = lowlevel::spawn(&runtime, args).and_then(|child| {
+                inventory.prepare_ahead();
+                lowlevel::wait(&runtime, child)
+            });
+            match ran {
                 Ok(code) => {
                     match (code, &inv.container_id, &inv.pid_file) {
                         (0, Some(id), Some(pid_file)) => {
