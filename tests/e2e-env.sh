@@ -39,6 +39,14 @@ start() {
         echo "e2e-env: $bin/mlenv-runtime missing: run cargo build first" >&2
         exit 1
     fi
+    # cargo test rebuilds target/debug, not a set built by packaging/build-bins.sh.
+    local newer=
+    if [ -n "${MLENV_BIN_DIR:-}" ]; then
+        newer=$(find "$repo/shim" "$repo/hook" -name '*.rs' -newer "$bin/mlenv-runtime" -print -quit)
+    fi
+    if [ -n "$newer" ]; then
+        echo "e2e-env: warning: $newer is newer than $bin/mlenv-runtime: the engines run an older build (packaging/build-bins.sh again)" >&2
+    fi
     stop quiet
     # Drop-ins a test run left behind would change the baseline below.
     rm -rf "$run/policy/conf.d"
