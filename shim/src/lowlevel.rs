@@ -142,6 +142,8 @@ pub fn spawn(runtime: &Path, args: &[OsString]) -> Result<Child, LowLevelError> 
     let mut ctx: SpawnCtx = unsafe { std::mem::zeroed() };
     ctx.path = path.as_ptr();
     ctx.argv = argv_ptrs.as_ptr();
+    // SAFETY: no preconditions.
+    ctx.parent = unsafe { libc::getpid() };
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // The child's stack: only the pages it touches are ever faulted in.
     let mut stack: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -182,6 +184,9 @@ struct SpawnCtx {
     argv: *const *const libc::c_char,
     /// The parent's signal mask, for the child to exec with.
     mask: libc::sigset_t,
+    /// The parent's pid: a child whose parent died before it set its parent-death
+    /// signal gets none, and must not run on.
+    parent: libc::pid_t,
     /// Set by the child when prctl or exec fails.
     errno: libc::c_int,
 }
@@ -194,10 +199,18 @@ extern "C" fn spawned(arg: *mut libc::c_void) -> libc::c_int {
         // The handler table is the child's own (no CLONE_SIGHAND): SIGPIPE back at
         // its default, as std gives children, then the parent's mask.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, std::ptr::null_mut());
-            libc::execve(ctx.path, ctx.argv, environ_ptr());
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            ctx.errno = *libc::__errno_location();
+            libc::_exit(127)
         }
+        // Killed before the signal was set (kill -9 of mlenv-runtime mid-create):
+        // nobody waits for this child, and a runc left running would create a
+        // container that no decision of a live process stands for.
+        if libc::getppid() != ctx.parent {
+            libc::_exit(127)
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, std::ptr::null_mut());
+        libc::execve(ctx.path, ctx.argv, environ_ptr());
         ctx.errno = *libc::__errno_location();
         libc::_exit(127)
     }

@@ -89,12 +89,10 @@ fn killed_mid_create_leaks_no_lease() {
     fs::write(&block, "").unwrap();
     fs::write(b.join("config.json"), &gpu_spec).unwrap();
     let mut create = rt.create_cmd(&b, &pid_file, "killed").spawn().unwrap();
-    until("the runtime to block", || blocked.exists());
-    let runtime_pid: i32 = fs::read_to_string(&blocked)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The file exists a moment before the shell has written its pid into it.
+    let read_pid = || -> Option<i32> { fs::read_to_string(&blocked).ok()?.trim().parse().ok() };
+    until("the runtime to block", || read_pid().is_some());
+    let runtime_pid = read_pid().unwrap();
     assert_eq!(open_leases(&policy.inventory), 1, "decided and leased");
     create.kill().unwrap();
     create.wait().unwrap();
