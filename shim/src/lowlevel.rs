@@ -210,20 +210,15 @@ extern "C" fn spawned(arg: *mut libc::c_void) -> libc::c_int {
             libc::_exit(127)
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, std::ptr::null_mut());
-        libc::execve(ctx.path, ctx.argv, environ_ptr());
+        libc::execve(ctx.path, ctx.argv, environ);
         ctx.errno = *libc::__errno_location();
         libc::_exit(127)
     }
 }
 
 extern "C" {
+    /// The process environment, passed on as it is (nothing here changes it).
     static environ: *const *const libc::c_char;
-}
-
-/// The process environment, as an exec passes it on.
-unsafe fn environ_ptr() -> *const *const libc::c_char {
-    // SAFETY: read only; nothing in this process changes the environment.
-    unsafe { environ }
 }
 
 /// Waits for the runtime started by [`spawn`]; its exit code, 128 + signal when it
@@ -255,9 +250,10 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn exe(dir: &Path, name: &str) -> PathBuf {
+    /// An executable shell script `name` in `dir`.
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);
-        fs::write(&p, "#!/bin/sh\n").unwrap();
+        fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         p
     }
@@ -271,9 +267,9 @@ mod tests {
             locate_in(None, &dirs),
             Err(LowLevelError::NotFound { .. })
         ));
-        let crun = exe(a.path(), "crun");
+        let crun = script(a.path(), "crun", "");
         assert_eq!(locate_in(None, &dirs).unwrap(), crun);
-        let runc = exe(b.path(), "runc");
+        let runc = script(b.path(), "runc", "");
         assert_eq!(locate_in(None, &dirs).unwrap(), runc, "runc wins over crun");
         assert_eq!(locate_in(Some(&crun), &dirs).unwrap(), crun);
         let plain = a.path().join("plain");
@@ -287,9 +283,7 @@ mod tests {
     #[test]
     fn run_returns_exit_code() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("rt");
-        fs::write(&p, "#!/bin/sh\nexit $1\n").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        let p = script(dir.path(), "rt", "exit $1\n");
         assert_eq!(run(&p, &["3".into()]).unwrap(), 3);
         assert_eq!(run(&p, &["0".into()]).unwrap(), 0);
     }
@@ -298,18 +292,16 @@ mod tests {
     fn spawn_passes_argv_and_environment_and_reports_signals() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let p = dir.path().join("rt");
         // What the child got: its arguments, an environment variable of the parent,
         // and SIGPIPE at its default (a shell started with it ignored cannot trap it).
-        fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\nprintf '%s|' \"$@\" \"$HOME\" > {out}\ntrap - PIPE\nkill -PIPE $$\n",
+        let p = script(
+            dir.path(),
+            "rt",
+            &format!(
+                "printf '%s|' \"$@\" \"$HOME\" > {out}\ntrap - PIPE\nkill -PIPE $$\n",
                 out = out.display()
             ),
-        )
-        .unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let args: Vec<OsString> = vec!["create".into(), "--bundle".into(), "a b".into()];
         let code = run(&p, &args).unwrap();
         let home = std::env::var("HOME").unwrap_or_default();
