@@ -693,7 +693,7 @@ impl Ending {
         // The container is gone (or being deleted): a locked inventory must not hold
         // the engine's delete, or a foreground run's exit, for the full wait of a create.
         inventory.wait_briefly().map_err(|e| e.to_string())?;
-        inventory.prepare_ahead();
+        inventory.prepare_end();
         Ok(Some(Ending {
             inventory,
             id: id.clone(),

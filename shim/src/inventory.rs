@@ -837,15 +837,18 @@ impl Inventory {
         })
     }
 
-    /// Compiles, into the connection's statement cache, the statements that end a
-    /// container and record its init process: for a caller holding the connection
-    /// while the runtime works (a delete, a create waiting for `runc create`), so
-    /// that SQLite's compile (the end has the lease trigger coded in) is not done
-    /// after the runtime has returned, while the engine waits. Best effort.
-    pub fn prepare_ahead(&self) {
-        for sql in [END, STARTED] {
-            let _ = self.conn.prepare_cached(sql);
-        }
+    /// Compiles [`end`](Self::end)'s statement (the lease trigger coded in) into the
+    /// connection's statement cache: for a delete, which holds the connection while
+    /// runc deletes, so that only the commit is left once runc has returned and the
+    /// engine waits. Best effort.
+    pub fn prepare_end(&self) {
+        let _ = self.conn.prepare_cached(END);
+    }
+
+    /// [`started`](Self::started)'s statement, compiled ahead as
+    /// [`prepare_end`](Self::prepare_end) does: for a create waiting for `runc create`.
+    pub fn prepare_started(&self) {
+        let _ = self.conn.prepare_cached(STARTED);
     }
 
     /// Records new limits of the live container `id` (under runtime root `root`, or

@@ -392,7 +392,7 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         // statement compiled while the runtime worked.
         Ok((Verdict::Admitted { runtime }, Some(mut inventory))) if inv.pid_file.is_some() => {
             let ran = lowlevel::spawn(&runtime, args).and_then(|child| {
-                inventory.prepare_ahead();
+                inventory.prepare_started();
                 lowlevel::wait(&runtime, child)
             });
             match ran {
