@@ -161,6 +161,8 @@ fn main() {
 
 struct Bench {
     dir: PathBuf,
+    /// Where cargo put this example's build (target/PROFILE): the test NVML library.
+    build: PathBuf,
     runc: PathBuf,
     mlenv: PathBuf,
     state: PathBuf,
@@ -281,9 +283,8 @@ fn setup() -> (Bench, tempfile::TempDir) {
     // The binaries of $MLENV_BIN_DIR (tests/bench.sh: as they ship,
     // packaging/build-bins.sh), else those this example was built with.
     let exe = std::env::current_exe().unwrap();
-    let bin_dir = std::env::var_os("MLENV_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| exe.parent().unwrap().parent().unwrap().to_path_buf());
+    let build = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let bin_dir = std::env::var_os("MLENV_BIN_DIR").map_or_else(|| build.clone(), PathBuf::from);
     let mlenv = bin_dir.join("mlenv-runtime");
     assert!(
         mlenv.exists(),
@@ -297,6 +298,7 @@ fn setup() -> (Bench, tempfile::TempDir) {
         .unwrap();
     let b = Bench {
         dir: work.path().to_path_buf(),
+        build,
         runc: mlenv::lowlevel::locate(None).expect("runc installed"),
         mlenv,
         state: work.path().join("state"),
@@ -395,9 +397,8 @@ fn creates(n: usize) {
     let gpus: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"uuid": "GPU-{i:08}-0000-0000-0000-000000000000", "minor": {i}}}"#))
         .collect();
-    let exe = std::env::current_exe().unwrap();
     let nvml = mlenv::gpu::install_fake_nvml(
-        exe.parent().unwrap().parent().unwrap(),
+        &b.build,
         &dir.join("nvml"),
         &format!(r#"{{"gpus": [{}]}}"#, gpus.join(",")),
     )
