@@ -2,6 +2,7 @@
 # Builds mlenv's binaries as they ship, into target/dist/PROFILE (printed at the end):
 #
 #   packaging/build-bins.sh [release|debug]      # default release
+#   packaging/build-bins.sh --check              # exit 0 where it can build, else why
 #
 # mlenv, mlenv-hook and mlenv-nvml for the host (glibc), and mlenv-runtime linked
 # statically against musl: every call an engine makes goes through mlenv-runtime,
@@ -14,12 +15,20 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 profile=${1:-release}
+musl=$(uname -m)-unknown-linux-musl
 case "$profile" in
     release) flags=(--release) ;;
     debug) flags=() ;;
+    --check)
+        if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+            echo "build-bins: no Rust target $musl (rustup target add $musl)" >&2; exit 1
+        fi
+        if ! command -v musl-gcc >/dev/null; then
+            echo "build-bins: no musl-gcc (apt-get install musl-tools)" >&2; exit 1
+        fi
+        exit 0 ;;
     *) echo "build-bins: profile must be release or debug, not $profile" >&2; exit 2 ;;
 esac
-musl=$(uname -m)-unknown-linux-musl
 cd "$repo"
 cargo build "${flags[@]}" --workspace --bins --examples
 # musl-gcc compiles the C of the -sys crates (SQLite) against musl's headers.

@@ -14,12 +14,11 @@ bash tests/install-deps.sh
 cargo build --workspace -q
 # mlenv's binaries as they ship (mlenv-runtime linked statically, packaging/build-bins.sh),
 # where the musl target and musl-gcc are installed; else the plain build's, saying so.
-musl=$(uname -m)-unknown-linux-musl
-if rustup target list --installed 2>/dev/null | grep -qx "$musl" && command -v musl-gcc >/dev/null; then
+if bash packaging/build-bins.sh --check; then
     MLENV_BIN_DIR=$(bash packaging/build-bins.sh debug | tail -1)
     export MLENV_BIN_DIR
 else
-    echo "demo: no Rust target $musl or no musl-gcc: running the plain cargo build's mlenv-runtime" >&2
+    echo "demo: running the plain cargo build's mlenv-runtime, not the one that ships" >&2
 fi
 trap 'bash tests/e2e-env.sh stop >/dev/null' EXIT
 bash tests/e2e-env.sh start >/dev/null
