@@ -217,6 +217,10 @@ mod tests {
             before,
             "the bundle is not written"
         );
+        // The policy kept as the last known good is the one read, not the copy the
+        // hook decided with (defaults taken out).
+        let kept = fs::read_to_string(policy::last_known_good_path(&main)).unwrap();
+        assert!(kept.contains("default_memory = \"1G\""), "{kept}");
         let b = state("b", Some(me), "creating", &bundle);
         match run(Stage::Create, &b, false, &main, &clock, &live).unwrap() {
             Outcome::Refused(why) => assert!(

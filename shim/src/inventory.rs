@@ -21,15 +21,22 @@ use std::path::{Path, PathBuf};
 type Failed = (&'static str, rusqlite::Error);
 use std::time::Duration;
 
-/// The WAL size past which a create checkpoints it itself: only reached when no
-/// delete has (a create and its end write some 12 pages, 50 KiB).
-pub const WAL_CHECKPOINT_BYTES: u64 = 2 * 1024 * 1024;
+/// The page size of a new inventory. Each page a commit changes is a frame in the
+/// WAL, which every first opener re-reads to index it and a checkpoint writes back;
+/// a create and its end change some 11 pages for rows of a few hundred bytes, 11 KiB
+/// of WAL at 1 KiB against 37 KiB at SQLite's default 4 KiB, which inventories made
+/// before schema version 7 keep (docs/benchmarks.md).
+const NEW_PAGE_SIZE: u32 = 1024;
 
-/// The WAL size past which a delete's housekeeping checkpoints it, about every tenth
-/// container. Each first opener re-reads the WAL to index it (some 0.1 ms per
-/// 256 KiB); each checkpoint costs three or four fsyncs, which delay the engine's
-/// own disk writes even from a process of their own (docs/benchmarks.md).
-pub const WAL_SETTLE_BYTES: u64 = 512 * 1024;
+/// The WAL frames past which a create checkpoints it itself: only reached when no
+/// delete has.
+pub const WAL_CHECKPOINT_FRAMES: u64 = 512;
+
+/// The WAL frames past which a delete's housekeeping checkpoints it, about every
+/// tenth container. Each first opener re-reads the WAL to index it; each checkpoint
+/// costs three or four fsyncs, which delay the engine's own disk writes even from a
+/// process of their own (docs/benchmarks.md).
+pub const WAL_SETTLE_FRAMES: u64 = 128;
 
 /// How long a writer waits for another before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,6 +155,13 @@ ALTER TABLE containers ADD COLUMN init_start INTEGER;
     // index, not a scan of every row ever recorded.
     r#"
 CREATE INDEX containers_ended ON containers(ended_ms) WHERE ended_ms IS NOT NULL;
+"#,
+    // Quotas are summed in one pass over the live rows (`containers_live`), not by
+    // user or project: these two were written on every create and end and read by no
+    // query, and each open parses every index's `CREATE`.
+    r#"
+DROP INDEX containers_live_uid;
+DROP INDEX containers_live_project;
 "#,
 ];
 
@@ -379,6 +393,9 @@ pub struct Inventory {
     ino: Option<(u64, u64)>,
     /// Set when the file found at `path` was corrupt and this is a new one.
     pub set_aside: Option<SetAside>,
+    /// The database's page size, which a WAL frame holds (0 where read-only: such a
+    /// connection never checkpoints).
+    page_size: u64,
 }
 
 impl Inventory {
@@ -428,6 +445,7 @@ impl Inventory {
             path: path.to_path_buf(),
             ino: None,
             set_aside: None,
+            page_size: 0,
         };
         inv.conn
             .busy_handler(Some(busy_briefly))
@@ -550,6 +568,7 @@ impl Inventory {
             path: path.to_path_buf(),
             ino,
             set_aside: None,
+            page_size: 0,
         };
         inv.conn
             .busy_handler(Some(busy))
@@ -562,6 +581,10 @@ impl Inventory {
             .map_err(|e| inv.sql("setting synchronous", e))?;
         inv.manage_checkpoints()?;
         inv.migrate()?;
+        inv.page_size = inv
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+            .map_err(|e| inv.sql("reading the page size", e))? as u64;
         Ok(inv)
     }
 
@@ -599,23 +622,25 @@ impl Inventory {
         Ok(())
     }
 
-    /// The WAL's size in bytes (0 when there is none).
-    fn wal_bytes(&self) -> u64 {
+    /// The frames in the WAL (0 when there is none), from its size: a 32-byte header,
+    /// then each frame a 24-byte header and a page.
+    pub fn wal_frames(&self) -> u64 {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
+        let bytes = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        bytes.saturating_sub(32) / (self.page_size.max(512) + 24)
     }
 
     /// Whether [`settle`](Self::settle)`(true)` would checkpoint: the WAL is past
-    /// [`WAL_SETTLE_BYTES`]. A delete then leaves the work to a process of its own,
+    /// [`WAL_SETTLE_FRAMES`]. A delete then leaves the work to a process of its own,
     /// after it has returned.
     pub fn settle_due(&self) -> bool {
-        self.wal_bytes() > WAL_SETTLE_BYTES
+        self.wal_frames() > WAL_SETTLE_FRAMES
     }
 
     /// Checkpoints the WAL into the database and truncates it once it has grown past
-    /// [`WAL_CHECKPOINT_BYTES`] (`force`: housekeeping nobody waits on, past
-    /// [`WAL_SETTLE_BYTES`]). Best effort: a checkpoint that cannot run now (a
+    /// [`WAL_CHECKPOINT_FRAMES`] (`force`: housekeeping nobody waits on, past
+    /// [`WAL_SETTLE_FRAMES`]). Best effort: a checkpoint that cannot run now (a
     /// reader holds old frames) is taken by a later call.
     ///
     /// After a forced checkpoint, one page is written at once: the first write to an
@@ -623,11 +648,11 @@ impl Inventory {
     /// next create.
     pub fn settle(&mut self, force: bool) {
         let limit = if force {
-            WAL_SETTLE_BYTES
+            WAL_SETTLE_FRAMES
         } else {
-            WAL_CHECKPOINT_BYTES
+            WAL_CHECKPOINT_FRAMES
         };
-        if self.wal_bytes() <= limit {
+        if self.wal_frames() <= limit {
             return;
         }
         // PASSIVE first: the copy into the database and its fsyncs, without holding
@@ -673,6 +698,10 @@ impl Inventory {
         // Switching to WAL needs the database to itself, and SQLite answers "locked"
         // at once (no busy handler) while racing first openers hold it: retry until
         // one of them has switched it, within the busy timeout.
+        // Only a new, empty database takes it; it is kept in the file.
+        self.conn
+            .pragma_update(None, "page_size", NEW_PAGE_SIZE)
+            .map_err(|e| self.sql("setting the page size", e))?;
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         loop {
             let mode: String = self
@@ -1475,6 +1504,71 @@ mod tests {
     }
 
     #[test]
+    fn migrates_an_older_inventory_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mlenv.db");
+        // An inventory as the release before the last migration left it, with a live
+        // container in it.
+        let old = MIGRATIONS.len() - 1;
+        let conn = Connection::open(&path).unwrap();
+        for m in &MIGRATIONS[..old] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO decisions (id, time_ms, container_id, bundle, uid, gid, decision,
+                                    reason, detail)
+             VALUES (1, 1, 'a', '/b', 1000, 100, 'admitted', 'ok', '{}');
+             INSERT INTO containers (decision_id, container_id, root, created_ms, uid, gid)
+             VALUES (1, 'a', '/run/r', 1, 1000, 100);",
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", old as i64)
+            .unwrap();
+        drop(conn);
+        let mut inv = Inventory::open(&path).unwrap();
+        assert_eq!(inv.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let indexes: Vec<String> = inv
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "containers_ended",
+                "containers_live",
+                "decisions_container",
+                "decisions_time",
+                "leases_exclusive",
+                "leases_live"
+            ]
+        );
+        assert_eq!(inv.live().unwrap().len(), 1);
+        // The quota sums still read the live rows through an index, not every row
+        // ever recorded.
+        let tx = inv.conn.transaction().unwrap();
+        assert_eq!(live_usage(&tx, 1000, None).unwrap().all.containers, 1);
+        let plan: Vec<String> = tx
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT count(*), total(memory) FROM containers
+                 WHERE ended_ms IS NULL",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX containers_live")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mlenv.db");
@@ -1916,18 +2010,25 @@ mod tests {
         );
         drop(inv);
         // A database whose table pages are damaged: the schema reads, the first
-        // query fails, and recover() moves it aside.
+        // query fails, and recover() moves it aside. The pages the rows below take
+        // come after those the schema has (the tables' roots then point at them).
         let mut inv = Inventory::open(&path).unwrap();
+        let checkpoint = |inv: &Inventory| {
+            inv.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap()
+        };
+        checkpoint(&inv);
+        let schema = fs::metadata(&path).unwrap().len() as usize;
         for i in 0..50 {
             inv.record(&decision(&format!("d{i}"), 2, Outcome::Admitted))
                 .unwrap();
         }
-        inv.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
+        checkpoint(&inv);
         drop(inv);
         let mut bytes = fs::read(&path).unwrap();
-        for b in &mut bytes[4096..] {
+        assert!(bytes.len() > schema);
+        for b in &mut bytes[schema..] {
             *b = 0xA5;
         }
         fs::write(&path, &bytes).unwrap();
@@ -1996,14 +2097,17 @@ mod tests {
         assert!(size() > 0);
         // Settling (a delete's housekeeping) leaves a short WAL as it is...
         let mut inv = Inventory::open(&path).unwrap();
+        // New inventories have small pages, and the WAL is counted in them.
+        assert_eq!(inv.page_size, u64::from(NEW_PAGE_SIZE));
+        assert_eq!(size(), 32 + inv.wal_frames() * (1024 + 24));
         inv.end("a", Some("/run/r"), 2, "deleted").unwrap();
         assert!(!inv.settle_due());
         inv.settle(true);
-        assert!(size() > 0 && size() <= WAL_SETTLE_BYTES);
+        assert!(inv.wal_frames() > 0 && inv.wal_frames() <= WAL_SETTLE_FRAMES);
         // ...and folds a longer one into the database, leaving one page behind: the
         // WAL restarted with its header synced, so the next create appends to it.
         let mut i = 0;
-        while size() <= WAL_SETTLE_BYTES {
+        while inv.wal_frames() <= WAL_SETTLE_FRAMES {
             inv.record(&decision(&format!("b{i}"), 2, Outcome::Refused))
                 .unwrap();
             i += 1;
@@ -2012,23 +2116,18 @@ mod tests {
         assert!(inv.settle_due(), "an end alone does not checkpoint");
         inv.settle(true);
         assert!(!inv.settle_due());
-        let page: i64 = inv
-            .conn
-            .pragma_query_value(None, "page_size", |r| r.get(0))
-            .unwrap();
-        assert_eq!(size(), 32 + 24 + page as u64, "WAL header and one frame");
+        assert_eq!(size(), 32 + 24 + 1024, "WAL header and one frame");
         assert!(wal.exists());
         drop(inv);
         // Creates alone never let it grow far past the limit.
         for i in 0..400 {
-            Inventory::open(&path)
-                .unwrap()
-                .record(&decision(&format!("c{i}"), 3, Outcome::Admitted))
+            let mut inv = Inventory::open(&path).unwrap();
+            inv.record(&decision(&format!("c{i}"), 3, Outcome::Admitted))
                 .unwrap();
             assert!(
-                size() <= WAL_CHECKPOINT_BYTES + 64 * 1024,
-                "WAL at {} after {i}",
-                size()
+                inv.wal_frames() <= WAL_CHECKPOINT_FRAMES + 16,
+                "WAL at {} frames after {i}",
+                inv.wal_frames()
             );
         }
         // And nothing was lost on the way.

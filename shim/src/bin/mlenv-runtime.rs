@@ -253,7 +253,10 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         exit(1)
     };
     let loaded = match create::policy_in_force(main, &mut log, clock.now_ms()) {
-        Ok(l) => l,
+        Ok((loaded, keep)) => {
+            keep.keep(&loaded.policy, main);
+            loaded
+        }
         Err(e) => refuse(&mut log, &format!("update: {e}")),
     };
     let runtime = match lowlevel::locate(loaded.policy.runtime.path.as_deref()) {
