@@ -522,9 +522,13 @@ fn creates(n: usize) {
     ];
 
     // The first 5 rounds warm up (page cache, inventory creation and migration).
+    // Within each pair, which goes first alternates from round to round, so that
+    // neither always follows the other's delete.
     let mut t: Vec<Vec<f64>> = vec![Vec::new(); against_runc.len()];
     for i in 0..5 + n {
-        for (k, c) in against_runc.iter().enumerate() {
+        let order = (0..against_runc.len()).map(|k| if i % 2 == 0 { k } else { k ^ 1 });
+        for k in order {
+            let c = &against_runc[k];
             let bin = if c.policy.is_some() {
                 &b.mlenv
             } else {
@@ -544,7 +548,7 @@ fn creates(n: usize) {
     for (k, c) in against_runc.iter().enumerate() {
         med.push(stats(c.name, &t[k]));
     }
-    println!("added per run, paired with the runc create just before it:");
+    println!("added per run, paired with the runc create of the same round (which goes first alternates):");
     for (k, base) in [(1, 0), (3, 2), (5, 4)] {
         paired(&format!("{} - runc", against_runc[k].name), &t[k], &t[base]);
     }
@@ -562,7 +566,9 @@ fn creates(n: usize) {
     let mut t: Vec<Vec<f64>> = vec![Vec::new(); standing_in.len()];
     let mut rss: Vec<i64> = vec![0; standing_in.len()];
     for i in 0..n {
-        for (k, c) in standing_in.iter().enumerate() {
+        // Each case takes each place in the round in turn.
+        for k in (0..standing_in.len()).map(|j| (i + j) % standing_in.len()) {
+            let c = &standing_in[k];
             let bin = if c.policy.is_some() {
                 &b.mlenv
             } else {
