@@ -1430,6 +1430,21 @@ impl Decision {
 mod tests {
     use super::*;
 
+    /// Column `col` of every row `sql` returns, as text.
+    fn texts(
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+        col: usize,
+    ) -> Vec<String> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map(params, |r| r.get(col))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     fn decision(id: &str, t: i64, outcome: Outcome) -> Decision {
         let mut d = Decision::new(t, id, Path::new("/b"));
         d.outcome = outcome;
@@ -1527,14 +1542,12 @@ mod tests {
         drop(conn);
         let mut inv = Inventory::open(&path).unwrap();
         assert_eq!(inv.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        let indexes: Vec<String> = inv
-            .conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let indexes = texts(
+            &inv.conn,
+            "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name",
+            [],
+            0,
+        );
         assert_eq!(
             indexes,
             [
@@ -1551,16 +1564,13 @@ mod tests {
         // ever recorded.
         let tx = inv.conn.transaction().unwrap();
         assert_eq!(live_usage(&tx, 1000, None).unwrap().all.containers, 1);
-        let plan: Vec<String> = tx
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT count(*), total(memory) FROM containers
-                 WHERE ended_ms IS NULL",
-            )
-            .unwrap()
-            .query_map([], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = texts(
+            &tx,
+            "EXPLAIN QUERY PLAN SELECT count(*), total(memory) FROM containers
+             WHERE ended_ms IS NULL",
+            [],
+            3,
+        );
         assert!(
             plan.iter()
                 .any(|p| p.contains("USING INDEX containers_live")),
@@ -2058,14 +2068,12 @@ mod tests {
     fn the_retention_check_reads_by_index() {
         let dir = tempfile::tempdir().unwrap();
         let inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
-        let plan: Vec<String> = inv
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_DUE}"))
-            .unwrap()
-            .query_map([0], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = texts(
+            &inv.conn,
+            &format!("EXPLAIN QUERY PLAN {PRUNE_DUE}"),
+            [0],
+            3,
+        );
         let scans: Vec<&String> = plan
             .iter()
             .filter(|p| p.starts_with("SCAN") && !p.contains("USING") && !p.contains("CONSTANT"))
