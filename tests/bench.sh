@@ -9,9 +9,10 @@
 # 2. every call of one container's life as an engine makes them (create, start,
 #    delete, delete --force), runc against mlenv-runtime  (bench_create calls)
 # 3. decision time against inventory size                (benches/decide.rs, criterion)
-# 4. `docker run` wall time through mlenv against runc, on a dockerd of its own
-#    (tests/e2e-env.sh with the release binaries), then each call dockerd makes,
-#    timed where it makes it (examples/call_timer.rs)
+# 4. `docker run` wall time through mlenv against runc, 3N runs each (a `docker run`
+#    spreads by a third of its time), on a dockerd of its own (tests/e2e-env.sh with
+#    the release binaries), then N more with each call dockerd makes timed where it
+#    makes it (examples/call_timer.rs)
 # The soak is a test: MLENV_SOAK=1000 cargo test -p mlenv --test e2e soak (see docs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +29,8 @@ echo
 echo "== decision time against inventory size (cargo bench -p mlenv --bench decide)"
 cargo bench -p mlenv --bench decide 2>&1 | grep -E '^decide/|time:'
 echo
-echo "== docker run (bench_create docker $n)"
+echo "== docker run (bench_create docker $((3 * n)) $n)"
 trap 'tests/e2e-env.sh stop >/dev/null' EXIT
 tests/e2e-env.sh start >/dev/null
 source /run/mlenv-e2e/env
-DOCKER_HOST=$MLENV_E2E_DOCKER_HOST target/release/examples/bench_create docker "$n"
+DOCKER_HOST=$MLENV_E2E_DOCKER_HOST target/release/examples/bench_create docker $((3 * n)) "$n"

@@ -6,10 +6,12 @@
 //!                               64 creates at once
 //!     bench_create calls [N]    each call of one container's life (create, start,
 //!                               delete, delete --force), runc against mlenv-runtime
-//!     bench_create docker [N]   `docker run --rm` wall time, --runtime=runc against
-//!                               --runtime=mlenv, on the engine at $DOCKER_HOST; with
-//!                               $MLENV_E2E_TIMED (tests/e2e-env.sh), also each call
-//!                               the engine makes, timed where it makes it
+//!     bench_create docker [N [M]]
+//!                               `docker run --rm` wall time, --runtime=runc against
+//!                               --runtime=mlenv, N runs each, on the engine at
+//!                               $DOCKER_HOST; with $MLENV_E2E_TIMED
+//!                               (tests/e2e-env.sh), also M runs (default N) with each
+//!                               call the engine makes timed where it makes it
 //!
 //! Create latency: `runc create` and `mlenv-runtime create` on the same bundle,
 //! interleaved so that every case sees the same machine, each timed from spawn to
@@ -153,7 +155,10 @@ fn rootfs(dir: &Path) -> PathBuf {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("docker") => docker(args.get(1).map_or(100, |n| n.parse().unwrap())),
+        Some("docker") => {
+            let n = args.get(1).map_or(100, |n| n.parse().unwrap());
+            docker(n, args.get(2).map_or(n, |m| m.parse().unwrap()))
+        }
         Some("calls") => calls(args.get(1).map_or(100, |n| n.parse().unwrap())),
         n => creates(n.map_or(200, |n| n.parse().unwrap())),
     }
@@ -686,7 +691,10 @@ fn parallel(b: &Bench, pristine: &[u8], at_once: usize, rounds: usize) {
 
 /// `docker run --rm IMAGE true`, --runtime=runc and --runtime=mlenv alternating, on
 /// the engine at $DOCKER_HOST (tests/bench.sh starts one with mlenv registered).
-fn docker(n: usize) {
+/// `n` runs of each runtime for the ratio, and `timed` more through the timed
+/// runtimes: a `docker run` spreads by a third of its time here, and the ratio wants
+/// more runs than the breakdown of the calls.
+fn docker(n: usize, timed: usize) {
     let work = tempfile::tempdir().unwrap();
     let rootfs = rootfs(work.path());
     let image = "mlenv-bench:busybox";
@@ -717,9 +725,9 @@ fn docker(n: usize) {
         quantile(&ratios, 0.25),
         quantile(&ratios, 0.75)
     );
-    if let Some(timed) = std::env::var_os("MLENV_E2E_TIMED") {
+    if let Some(dir) = std::env::var_os("MLENV_E2E_TIMED") {
         println!();
-        docker_calls(n, image, Path::new(&timed));
+        docker_calls(timed, image, Path::new(&dir));
     }
     let _ = Command::new("docker").args(["rmi", image]).output();
 }
