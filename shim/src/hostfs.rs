@@ -70,22 +70,24 @@ pub fn resolve_with(
 ) -> PathBuf {
     // As the kernel's limit on links followed in one lookup.
     const MAX_LINKS: usize = 40;
-    let mut todo: Vec<std::ffi::OsString> = normalize(path)
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            _ => None,
-        })
-        .collect();
+    // A path's names, last first, to be popped in order; ".." kept (only a link's
+    // target has one: it is taken against what is resolved so far), "." dropped.
+    let names = |p: &Path| -> Vec<std::ffi::OsString> {
+        p.components()
+            .rev()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo = names(&normalize(path));
     let mut out = PathBuf::from("/");
     let mut links = 0;
     while let Some(name) = todo.pop() {
         if name == ".." {
             out.pop();
-            continue;
-        }
-        if name == "." {
             continue;
         }
         let next = out.join(&name);
@@ -95,13 +97,7 @@ pub fn resolve_with(
                 if target.is_absolute() {
                     out = PathBuf::from("/");
                 }
-                // ".." and "." of a link's target are taken in the walk, against
-                // what is resolved so far.
-                todo.extend(target.components().rev().filter_map(|c| match c {
-                    Component::Normal(n) => Some(n.to_os_string()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                }));
+                todo.extend(names(&target));
             }
             // Not a link: it exists.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => out = next,

@@ -693,15 +693,16 @@ impl Inventory {
         if self.schema_version()? == known {
             return Ok(());
         }
+        // The page size: only a new, empty database takes it, and keeps it in the
+        // file; before WAL is on, which writes the first page.
+        self.conn
+            .pragma_update(None, "page_size", NEW_PAGE_SIZE)
+            .map_err(|e| self.sql("setting the page size", e))?;
         // The journal mode is kept in the file: set once, here, not on every open.
         // (It cannot change inside a transaction.)
         // Switching to WAL needs the database to itself, and SQLite answers "locked"
         // at once (no busy handler) while racing first openers hold it: retry until
         // one of them has switched it, within the busy timeout.
-        // Only a new, empty database takes it; it is kept in the file.
-        self.conn
-            .pragma_update(None, "page_size", NEW_PAGE_SIZE)
-            .map_err(|e| self.sql("setting the page size", e))?;
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         loop {
             let mode: String = self
