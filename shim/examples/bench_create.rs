@@ -25,9 +25,10 @@
 //! mlenv's.
 //!
 //! runc's own create varies by more than mlenv adds, so the cases run once more with
-//! `/bin/true` standing in for runc: that isolates mlenv's own cost (its process,
-//! policy, spec, inventory, exec), and its peak RSS (`ru_maxrss` of the process,
-//! which becomes `/bin/true` only at its end).
+//! `/bin/true` standing in for runc (a link named `runc` to it, handed over to as
+//! runc is: by exec): that isolates mlenv's own cost (its process, policy, spec,
+//! inventory, exec), and its peak RSS (`ru_maxrss` of the process, which becomes
+//! `/bin/true` only at its end).
 //!
 //! The work directory goes under /run, where Docker's and containerd's bundles live
 //! (tmpfs on most hosts); `MLENV_BENCH_DIR` puts it elsewhere. Its filesystem is
@@ -433,7 +434,10 @@ fn creates(n: usize) {
     // device nodes), which is not mlenv's. Those specs are what mlenv writes, taken
     // from a run with /bin/true standing in.
     let runc_path = b.runc.clone();
-    let truebin = PathBuf::from("/bin/true");
+    // Named runc, so that mlenv hands over to it as to runc: by exec. Another name
+    // would be a runtime whose state liveness cannot read, which mlenv waits for.
+    let truebin = dir.join("runc");
+    std::os::unix::fs::symlink("/bin/true", &truebin).unwrap();
     let handed = |name: &str, body: &str, from: &Path, pristine: &[u8]| -> (PathBuf, Vec<u8>) {
         let policy = b.policy(&format!("{name}-handed"), &truebin, body);
         must(&mut b.create(
@@ -580,22 +584,13 @@ fn creates(n: usize) {
                 &truebin
             };
             let id = format!("t{i}-{k}");
-            // With --pid-file, as engines call it: mlenv waits for the runtime, then
-            // records the init process the pid file names. /bin/true writes none, so
-            // it is written first, naming this bench (a live process).
-            fs::write(
-                b.dir.join(format!("{id}.pid")),
-                std::process::id().to_string(),
-            )
-            .unwrap();
+            // With --pid-file, as engines call it.
             let (ms, kib) = timed(&mut b.create(bin, c.policy.as_deref(), c.bundle, &id, true));
             t[k].push(ms);
             rss[k] = rss[k].max(kib);
             if let Some(policy) = &c.policy {
                 b.delete_stand_in(policy, &id);
                 reset(c.bundle, c.pristine);
-            } else {
-                let _ = fs::remove_file(b.dir.join(format!("{id}.pid")));
             }
         }
     }

@@ -146,8 +146,10 @@ pub fn record_init(
 
 /// Runs a create up to the hand-over: policy, edits, admission, record. Every decision
 /// that gets as far as a container id is recorded, errors included. An admitted
-/// container comes with the inventory still open, for [`record_init`] once the
-/// runtime has created it (runtime mode; `None` in hook mode). In hook mode nothing is
+/// container comes with the inventory still open (runtime mode; `None` in hook mode):
+/// for [`record_init`] once the runtime has created it, where liveness would not find
+/// the runtime's state ([`crate::liveness::finds_state_of`]); a wrapper that execs the
+/// runtime next need not close it. In hook mode nothing is
 /// written to the bundle: what the policy would change (a default or clamped limit, a
 /// user mapping, GPUs chosen by count) cannot happen any more and is refused, saying
 /// so.

@@ -145,8 +145,8 @@ END;
 ALTER TABLE leases ADD COLUMN mps_memory INTEGER;
 ALTER TABLE leases ADD COLUMN mps_threads INTEGER;
 "#,
-    // The container's own init process, recorded by mlenv-runtime once runc's create
-    // returns, or by mlenv-hook at prestart: liveness is then that process, exactly.
+    // The container's own init process, recorded by mlenv-hook at prestart or by a
+    // liveness check from the runtime's state: liveness is then that process, exactly.
     r#"
 ALTER TABLE containers ADD COLUMN init_pid INTEGER;
 ALTER TABLE containers ADD COLUMN init_start INTEGER;
@@ -381,7 +381,8 @@ pub struct Live {
     pub decision_id: i64,
     /// Indexes of the GPUs it holds.
     pub gpus: Vec<u32>,
-    /// Its init process on the host, once the lifecycle hook recorded it.
+    /// Its init process on the host, once recorded: by mlenv-hook, or by a liveness
+    /// check that found it in the runtime's state (`mlenv ps` makes one).
     pub pid: Option<u32>,
 }
 
@@ -852,7 +853,8 @@ impl Inventory {
     }
 
     /// Records the init process of the live container `id` (from the lifecycle
-    /// hook). Returns how many rows changed (0: no such live container).
+    /// hook, or from the pid file of a runtime mlenv-runtime waited for). Returns how
+    /// many rows changed (0: no such live container).
     pub fn started(
         &mut self,
         container_id: &str,
@@ -876,7 +878,7 @@ impl Inventory {
     }
 
     /// [`started`](Self::started)'s statement, compiled ahead as
-    /// [`prepare_end`](Self::prepare_end) does: for a create waiting for `runc create`.
+    /// [`prepare_end`](Self::prepare_end) does: for a create waiting for its runtime.
     pub fn prepare_started(&self) {
         let _ = self.conn.prepare_cached(STARTED);
     }
@@ -1363,11 +1365,25 @@ fn reconcile_in(
         .collect::<Result<_, _>>()?;
     let mut ended = 0;
     for (id, t) in rows {
-        if let Liveness::Gone(why) = liveness::check(host, &t) {
-            ended += tx.execute(
-                "UPDATE containers SET ended_ms = ?1, end_reason = ?2 WHERE id = ?3",
-                params![now_ms, format!("reconciled: {why}"), id],
-            )?;
+        match liveness::check(host, &t) {
+            Liveness::Gone(why) => {
+                ended += tx.execute(
+                    "UPDATE containers SET ended_ms = ?1, end_reason = ?2 WHERE id = ?3",
+                    params![now_ms, format!("reconciled: {why}"), id],
+                )?;
+            }
+            // mlenv-runtime hands over by exec and does not see the init process:
+            // recorded here once the runtime's state names it, and from then on
+            // liveness asks that process alone.
+            Liveness::Alive {
+                init: Some((pid, start)),
+            } => {
+                tx.execute(
+                    "UPDATE containers SET init_pid = ?1, init_start = ?2 WHERE id = ?3",
+                    params![pid, start as i64, id],
+                )?;
+            }
+            Liveness::Alive { init: None } | Liveness::Creating => {}
         }
     }
     Ok(ended)
@@ -1969,6 +1985,68 @@ mod tests {
         c.leases = vec![lease(0)];
         inv.record(&c).unwrap();
         assert_eq!(inv.leases().unwrap().len(), 1);
+    }
+
+    /// mlenv-runtime hands over by exec: a liveness check records the init process
+    /// the runtime's state names, ends a create that left no state once its creator
+    /// is gone, and leaves one still being created.
+    #[test]
+    fn reconcile_records_init_processes_and_ends_creates_that_left_nothing() {
+        let stat = |start: u64| {
+            format!(
+                "77 (sleep) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10\n"
+            )
+        };
+        let (tree, host) = crate::host::tests::fixture(&[
+            (
+                "r/made/state.json",
+                r#"{"id":"made","init_process_pid":77,"init_process_start":5000}"#,
+            ),
+            ("proc/77/stat", &stat(5000)),
+            ("proc/91/stat", &stat(100)),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
+        for (id, creator) in [("made", 90), ("failed", 90), ("making", 91)] {
+            let mut d = decision(id, 1, Outcome::Admitted);
+            d.root = Some("/r".into());
+            let track = Track {
+                creator: Some((creator, 100)),
+                init: None,
+            };
+            inv.admit(&mut d, track, &host, |_, _| false).unwrap();
+        }
+        assert_eq!(inv.reconcile(&host, 2).unwrap(), 1);
+        let pids: Vec<(String, Option<u32>)> = inv
+            .live()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.container_id, l.pid))
+            .collect();
+        assert_eq!(
+            pids,
+            [("made".to_string(), Some(77)), ("making".to_string(), None)]
+        );
+        let ended = texts(
+            &inv.conn,
+            "SELECT end_reason FROM containers WHERE container_id = ?1",
+            ["failed"],
+            0,
+        );
+        assert_eq!(ended, ["reconciled: no runtime state"]);
+        // Recorded, the process alone says: alive without the state, gone when its
+        // pid is another process's.
+        std::fs::remove_dir_all(tree.path().join("r/made")).unwrap();
+        assert_eq!(inv.reconcile(&host, 3).unwrap(), 0);
+        std::fs::write(tree.path().join("proc/77/stat"), stat(5001)).unwrap();
+        assert_eq!(inv.reconcile(&host, 4).unwrap(), 1);
+        let live: Vec<String> = inv
+            .live()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.container_id)
+            .collect();
+        assert_eq!(live, ["making"]);
     }
 
     #[test]

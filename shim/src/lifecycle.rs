@@ -8,9 +8,11 @@
 //! one deleted past it is found gone by its init process at the next capacity check.
 //! The hook is a process runc starts inside every delete (docs/benchmarks.md).
 //!
-//! The init process is recorded by mlenv-runtime itself once `runc create` returns
-//! ([`crate::create::record_init`]), not by a `createRuntime` hook: a hook is a
-//! process that runc starts inside every create, 1.4 to 2.6 ms (docs/benchmarks.md).
+//! The init process is not recorded by a `createRuntime` hook, a process that runc
+//! starts inside every create, 1.4 to 2.6 ms (docs/benchmarks.md): for runc and crun
+//! the first liveness check records it from the runtime's state, and for any other
+//! runtime mlenv-runtime waits for the create and records it
+//! ([`crate::create::record_init`]).
 //! mlenv-hook still records it at `createRuntime` when a spec from an older
 //! mlenv-runtime names it there, and when it runs alone from a hooks directory.
 

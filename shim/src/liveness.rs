@@ -7,10 +7,27 @@ use std::path::Path;
 /// runc's and crun's state roots when the engine passes no `--root`.
 pub const DEFAULT_ROOTS: &[&str] = &["/run/runc", "/run/crun"];
 
+/// The runtimes whose state [`check`] reads (`<root>/<id>/`: runc's `state.json`,
+/// crun's `status`), by file name.
+const STATE_KNOWN: &[&str] = &["runc", "crun"];
+
+/// Whether [`check`] finds the state of the containers `runtime` creates, so that a
+/// container needs nothing recorded past its creator to be told alive or gone. Any
+/// other runtime (youki, runsc, a wrapper such as nvidia-container-runtime) keeps its
+/// state elsewhere or in another form: mlenv-runtime waits for its create and records
+/// the init process itself.
+pub fn finds_state_of(runtime: &Path) -> bool {
+    runtime
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| STATE_KNOWN.contains(&n))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liveness {
-    /// Its init process runs (or waits to be started).
-    Alive,
+    /// Its init process runs (or waits to be started); `init`: that process (pid and
+    /// start time) where the runtime's state named it and it was not yet recorded.
+    Alive { init: Option<(u32, u64)> },
     /// No runtime state yet, but the process creating it is still at work.
     Creating,
     /// Gone, and why.
@@ -24,15 +41,18 @@ pub struct Tracked {
     pub container_id: String,
     pub root: Option<String>,
     pub creator: Option<(u32, u64)>,
-    /// The container's init process, once the lifecycle hook recorded it.
+    /// The container's init process, once recorded: by mlenv-hook, or by a
+    /// liveness check that found it in the runtime's state.
     pub init: Option<(u32, u64)>,
 }
 
+const ALIVE: Liveness = Liveness::Alive { init: None };
+
 pub fn check(host: &dyn Host, t: &Tracked) -> Liveness {
-    // Recorded by the hook: the process itself says, whatever the runtime's root.
+    // Recorded: the process itself says, whatever the runtime's root.
     if let Some((pid, start)) = t.init {
         return if host.process_start(pid) == Some(start) {
-            Liveness::Alive
+            ALIVE
         } else {
             Liveness::Gone("its process is gone")
         };
@@ -46,7 +66,7 @@ pub fn check(host: &dyn Host, t: &Tracked) -> Liveness {
         if let Some(text) = host.read(&dir.join("state.json")) {
             // runc: the init process and its start time.
             let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
-                return Liveness::Alive; // being rewritten: runc replaces it atomically
+                return ALIVE; // being rewritten: runc replaces it atomically
             };
             let pid = state["init_process_pid"]
                 .as_u64()
@@ -54,15 +74,17 @@ pub fn check(host: &dyn Host, t: &Tracked) -> Liveness {
             let start = state["init_process_start"].as_u64();
             return match (pid, start) {
                 (Some(pid), Some(start)) if host.process_start(pid) == Some(start) => {
-                    Liveness::Alive
+                    Liveness::Alive {
+                        init: Some((pid, start)),
+                    }
                 }
                 (Some(_), Some(_)) => Liveness::Gone("its process is gone"),
-                _ => Liveness::Alive,
+                _ => ALIVE,
             };
         }
         if host.read(&dir.join("status")).is_some() {
             // crun keeps a status file; its process is not checked.
-            return Liveness::Alive;
+            return ALIVE;
         }
     }
     match t.creator {
@@ -112,7 +134,29 @@ mod tests {
                     ("proc/77/stat", stat(5000)),
                 ],
                 tracked(Some("/r"), None),
-                Liveness::Alive,
+                Liveness::Alive {
+                    init: Some((77, 5000)),
+                },
+            ),
+            // Recorded already: the process alone says, whatever the root holds.
+            (
+                vec![("proc/77/stat", stat(5000))],
+                Tracked {
+                    init: Some((77, 5000)),
+                    ..tracked(Some("/r"), None)
+                },
+                ALIVE,
+            ),
+            (
+                vec![
+                    ("r/c1/state.json", state.into()),
+                    ("proc/77/stat", stat(5001)),
+                ],
+                Tracked {
+                    init: Some((77, 5000)),
+                    ..tracked(Some("/r"), None)
+                },
+                Liveness::Gone("its process is gone"),
             ),
             // The pid was reused by another process: gone.
             (
@@ -135,12 +179,20 @@ mod tests {
                     ("proc/77/stat", stat(5000)),
                 ],
                 tracked(None, None),
-                Liveness::Alive,
+                Liveness::Alive {
+                    init: Some((77, 5000)),
+                },
             ),
             (
                 vec![("run/crun/c1/status", "running".into())],
                 tracked(None, None),
-                Liveness::Alive,
+                ALIVE,
+            ),
+            // state.json being rewritten: alive, nothing learned.
+            (
+                vec![("r/c1/state.json", "{\"id\":".into())],
+                tracked(Some("/r"), None),
+                ALIVE,
             ),
             // Not there yet, its creator still at work.
             (
@@ -169,6 +221,21 @@ mod tests {
             let refs: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
             let (_d, host) = fixture(&refs);
             assert_eq!(check(&host, &t), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn state_found_for_runc_and_crun_alone() {
+        for (path, found) in [
+            ("/usr/sbin/runc", true),
+            ("/usr/local/bin/crun", true),
+            ("runc", true),
+            ("/usr/bin/youki", false),
+            ("/usr/bin/nvidia-container-runtime", false),
+            ("/opt/runc/bin/runc-1.2", false),
+            ("/", false),
+        ] {
+            assert_eq!(finds_state_of(Path::new(path)), found, "{path}");
         }
     }
 

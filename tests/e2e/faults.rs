@@ -45,19 +45,31 @@ fn one_gpu() -> String {
     format!(r#"{{"gpus": [{{"uuid": "{}", "minor": 0}}]}}"#, uuid(0))
 }
 
-/// kill -9 of mlenv-runtime once it has leased a GPU and handed over (the runtime it
-/// waits on blocks), and at random points of 20 more creates: runc is killed with it
-/// (PR_SET_PDEATHSIG), the row is found dead at the next check, the GPU goes to the
-/// next container, and the database stays whole.
+/// kill -9 of mlenv-runtime once it has leased a GPU and handed over (the runtime
+/// blocks), and at random points of 20 more creates: the row is found dead at the next
+/// check, the GPU goes to the next container, and the database stays whole. runc is
+/// exec'd: the process killed is the runtime.
 #[test]
 fn killed_mid_create_leaks_no_lease() {
+    killed_mid_create("runc");
+}
+
+/// As [`killed_mid_create_leaks_no_lease`], with a runtime mlenv-runtime waits for
+/// (one whose state liveness does not read): it is killed with mlenv-runtime
+/// (PR_SET_PDEATHSIG).
+#[test]
+fn killed_mid_create_of_a_waited_runtime_leaks_no_lease() {
+    killed_mid_create("other-runtime");
+}
+
+fn killed_mid_create(runtime_name: &str) {
     if !require("fault_kill", &["runc", "mknod"], &[]) {
         return;
     }
     let host = GpuHost::new(&one_gpu(), 1);
     let dir = tempfile::tempdir().unwrap();
     // A runtime that blocks in create while `block` exists, and is runc otherwise.
-    let stand_in = dir.path().join("runtime");
+    let stand_in = dir.path().join(runtime_name);
     let block = dir.path().join("block");
     let blocked = dir.path().join("blocked");
     fs::write(
@@ -94,6 +106,11 @@ fn killed_mid_create_leaks_no_lease() {
     until("the runtime to block", || read_pid().is_some());
     let runtime_pid = read_pid().unwrap();
     assert_eq!(open_leases(&policy.inventory), 1, "decided and leased");
+    assert_eq!(
+        runtime_pid == create.id() as i32,
+        runtime_name == "runc",
+        "exec'd, or waited for"
+    );
     create.kill().unwrap();
     create.wait().unwrap();
     until("the runtime to die with mlenv-runtime", || {

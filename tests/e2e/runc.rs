@@ -299,20 +299,79 @@ fn killed_container_stops_counting() {
     assert!(policy.live().is_empty());
 }
 
-/// A container mlenv admitted but runc then failed to create is ended at once: it holds
-/// nothing, says why in the inventory, and the engine's delete after it still passes.
+/// A container mlenv admitted but runc then failed to create (a command not in the
+/// image, the commonest case) holds nothing: mlenv-runtime handed over by exec, so the
+/// next capacity check that would refuse finds its creator gone and no runtime state,
+/// ends it, and admits; the engine's delete after it still passes.
 #[test]
-fn a_create_the_runtime_fails_is_ended_at_once() {
+fn a_create_the_runtime_fails_holds_nothing() {
     if !require("runc_create_fails", &["runc"], &[]) {
         return;
     }
-    let policy = Policy::write(None, "");
+    let policy = Policy::write(None, "[[quota]]\nproject = \"one\"\nmax_containers = 1\n");
     let b = policy.dir.path().join("bundle");
-    bundle(&b, &["true"], json!({}));
+    bundle(&b, &["no-such-command"], json!({}));
     let path = b.join("config.json");
     let mut spec: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    spec["root"]["path"] = json!(policy.dir.path().join("no-such-rootfs"));
+    spec["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("MLENV_PROJECT=one".into());
     fs::write(&path, spec.to_string()).unwrap();
+    let rt = Rt::new(&policy);
+    let pid_file = policy.dir.path().join("init.pid");
+    let o = run(&mut rt.create_cmd(&b, &pid_file, "not-created"));
+    assert!(!o.status.success());
+    // runc's own error, as without mlenv.
+    let log = fs::read_to_string(&rt.log).unwrap();
+    assert!(log.contains("no-such-command"), "{log}");
+    ok(&mut rt.cmd(&["delete", "--force", "not-created"]));
+
+    // The project's one container: admitted, the failed one ended on the way.
+    spec["process"]["args"] = json!(["sleep", "600"]);
+    fs::write(&path, spec.to_string()).unwrap();
+    rt.create_detached(&b, &pid_file, "created");
+    let db = rusqlite::Connection::open(&policy.inventory).unwrap();
+    let rows: Vec<(String, String, Option<String>)> = db
+        .prepare(
+            "SELECT c.container_id, d.decision, c.end_reason
+             FROM containers c JOIN decisions d ON d.id = c.decision_id ORDER BY c.id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (
+                "not-created".to_string(),
+                "admitted".to_string(),
+                Some("reconciled: no runtime state".to_string())
+            ),
+            ("created".to_string(), "admitted".to_string(), None),
+        ]
+    );
+    ok(&mut rt.cmd(&["delete", "--force", "created"]));
+    assert!(policy.live().is_empty());
+}
+
+/// With a runtime whose state liveness does not read (here runc under another name),
+/// mlenv-runtime waits for the create: one the runtime fails is ended at once, and
+/// says why in the inventory; the engine's delete after it still passes.
+#[test]
+fn a_create_a_waited_runtime_fails_is_ended_at_once() {
+    if !require("runc_create_fails_waited", &["runc"], &[]) {
+        return;
+    }
+    let runc = mlenv::lowlevel::locate_in(None, mlenv::lowlevel::SEARCH_DIRS).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-runtime");
+    std::os::unix::fs::symlink(&runc, &other).unwrap();
+    let policy = Policy::write(None, &format!("[runtime]\npath = {other:?}\n"));
+    let b = policy.dir.path().join("bundle");
+    bundle(&b, &["no-such-command"], json!({}));
     let rt = Rt::new(&policy);
     let id = "e2e-not-created";
     let status = rt
@@ -320,7 +379,6 @@ fn a_create_the_runtime_fails_is_ended_at_once() {
         .status()
         .unwrap();
     assert!(!status.success());
-    assert!(policy.live().is_empty(), "{:?}", policy.live());
     let db = rusqlite::Connection::open(&policy.inventory).unwrap();
     let (decision, reason): (String, String) = db
         .query_row(
@@ -335,10 +393,32 @@ fn a_create_the_runtime_fails_is_ended_at_once() {
         ("admitted", "not created: the runtime failed")
     );
     ok(&mut rt.cmd(&["delete", "--force", id]));
+    assert!(policy.live().is_empty(), "{:?}", policy.live());
+
+    // One it creates has its init process recorded as the create returns.
+    let b = policy.dir.path().join("bundle-sleeps");
+    bundle(&b, &["sleep", "600"], json!({}));
+    let pid_file = policy.dir.path().join("init.pid");
+    rt.create_detached(&b, &pid_file, "e2e-waited");
+    let pid: i64 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let init: Option<i64> = db
+        .query_row(
+            "SELECT init_pid FROM containers WHERE container_id = 'e2e-waited' AND ended_ms IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(init, Some(pid));
+    ok(&mut rt.cmd(&["delete", "--force", "e2e-waited"]));
 }
 
-/// mlenv-runtime records the container's init process from runc's pid file once the
-/// create returns. By default it adds no hook: the spec's hooks are as the engine wrote
+/// The container's init process is recorded from runc's state by the first liveness
+/// check (`mlenv ps` makes one), and is what `mlenv ps` shows. By default mlenv-runtime
+/// adds no hook: the spec's hooks are as the engine wrote
 /// them, and the delete through mlenv ends the container. With `[runtime] hook = true`
 /// it adds mlenv-hook after the spec's own hooks at poststop (run by runc's delete,
 /// even one that bypasses mlenv), which ends the container.
