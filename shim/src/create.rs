@@ -1108,13 +1108,7 @@ mod tests {
         fs::remove_file(dir.path().join("proc/77/stat")).unwrap();
         assert!(matches!(create("c3"), Verdict::Admitted { .. }));
         let inv = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
-        let live: Vec<String> = inv
-            .live()
-            .unwrap()
-            .into_iter()
-            .map(|l| l.container_id)
-            .collect();
-        assert_eq!(live, ["c3"]);
+        assert_eq!(crate::inventory::tests::live_ids(&inv), ["c3"]);
         // The refusal's record has every check with its values.
         let d = inv.find("c2").unwrap().unwrap();
         let checks = d.detail["checks"].as_array().unwrap();

@@ -1444,10 +1444,19 @@ impl Decision {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Column `col` of every row `sql` returns, as text.
+    /// The ids of the live containers, in creation order.
+    pub(crate) fn live_ids(inv: &Inventory) -> Vec<String> {
+        inv.live()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.container_id)
+            .collect()
+    }
+
     fn texts(
         conn: &Connection,
         sql: &str,
@@ -2040,13 +2049,7 @@ mod tests {
         assert_eq!(inv.reconcile(&host, 3).unwrap(), 0);
         std::fs::write(tree.path().join("proc/77/stat"), stat(5001)).unwrap();
         assert_eq!(inv.reconcile(&host, 4).unwrap(), 1);
-        let live: Vec<String> = inv
-            .live()
-            .unwrap()
-            .into_iter()
-            .map(|l| l.container_id)
-            .collect();
-        assert_eq!(live, ["making"]);
+        assert_eq!(live_ids(&inv), ["making"]);
     }
 
     #[test]
