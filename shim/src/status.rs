@@ -119,7 +119,16 @@ pub fn gather(main: &Path, host: &dyn Host) -> Status {
         policy::lenient(main).inventory()
     };
     let inv = if inventory_path.exists() {
-        Inventory::open(&inventory_path).map_err(|e| e.to_string())
+        // Containers gone (or never created: a runc create that failed) stop
+        // counting and holding GPUs first, as `mlenv ps` has them. Best effort: a
+        // check that cannot write leaves the rows as they are.
+        Inventory::open(&inventory_path)
+            .map(|mut i| {
+                use crate::clock::Clock;
+                let _ = i.reconcile(host, crate::clock::SystemClock.now_ms());
+                i
+            })
+            .map_err(|e| e.to_string())
     } else {
         Err(format!(
             "no inventory at {} yet: no container created through mlenv-runtime",
@@ -335,5 +344,33 @@ mod tests {
             "{text}"
         );
         serde_json::to_string(&s).unwrap();
+    }
+
+    /// A row whose create failed (its creator gone, no runtime state) neither counts
+    /// as live nor holds its GPU in what status shows.
+    #[test]
+    fn containers_gone_stop_counting_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let inventory = dir.path().join("inv.db");
+        let main = dir.path().join("mlenv.toml");
+        std::fs::write(&main, format!("[inventory]\npath = {inventory:?}\n")).unwrap();
+        let (_h, host) = crate::host::tests::fixture(&[("proc/91/stat", &stat(91, 100))]);
+        let mut inv = Inventory::open(&inventory).unwrap();
+        for (id, creator) in [("failed", 90), ("creating", 91)] {
+            let mut d = crate::inventory::Decision::new(1, id, Path::new("/b"));
+            d.outcome = crate::inventory::Outcome::Admitted;
+            d.root = Some("/r".into());
+            let track = crate::inventory::Track {
+                creator: Some((creator, 100)),
+                init: None,
+            };
+            inv.admit(&mut d, track, &host, |_, _| false).unwrap();
+        }
+        let s = gather(&main, &host);
+        assert_eq!(s.inventory.unwrap().live, 1);
+    }
+
+    fn stat(pid: u32, start: u64) -> String {
+        format!("{pid} (runc) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10\n")
     }
 }
