@@ -1094,9 +1094,9 @@ mod tests {
             spec(),
         );
         let state = r#"{"init_process_pid":77,"init_process_start":5000}"#;
-        let stat = "77 (sleep) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5000 0 0\n";
+        let stat = crate::host::tests::proc_stat(77, 5000);
         let (dir, host) =
-            crate::host::tests::fixture(&[("run/r/c1/state.json", state), ("proc/77/stat", stat)]);
+            crate::host::tests::fixture(&[("run/r/c1/state.json", state), ("proc/77/stat", &stat)]);
         let mut log = RuncLog::stderr_only();
         let mut create = |id: &str| run_create(&f, id, &host, &mut log).unwrap();
         assert!(matches!(create("c1"), Verdict::Admitted { .. }));
@@ -1196,13 +1196,13 @@ mod tests {
     /// names a live init process.
     fn running(ids: &[&str]) -> OwnedHost {
         let state = r#"{"init_process_pid":77,"init_process_start":5000}"#;
-        let stat = "77 (sleep) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5000 0 0\n";
+        let stat = crate::host::tests::proc_stat(77, 5000);
         let paths: Vec<String> = ids
             .iter()
             .map(|id| format!("run/r/{id}/state.json"))
             .collect();
         let mut files: Vec<(&str, &str)> = paths.iter().map(|p| (p.as_str(), state)).collect();
-        files.push(("proc/77/stat", stat));
+        files.push(("proc/77/stat", &stat));
         let (_dir, host) = crate::host::tests::fixture(&files);
         OwnedHost { _dir, host }
     }

@@ -318,6 +318,12 @@ pub mod tests {
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
+    /// `/proc/<pid>/stat` of a running process started at `start` (clock ticks after
+    /// boot), the field liveness compares.
+    pub fn proc_stat(pid: u32, start: u64) -> String {
+        format!("{pid} (sleep) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10\n")
+    }
+
     /// A fixture host: the files a probe reads, under a temporary root.
     pub fn fixture(files: &[(&str, &str)]) -> (tempfile::TempDir, ProcHost) {
         let dir = tempfile::tempdir().unwrap();

@@ -1447,7 +1447,6 @@ impl Decision {
 pub(crate) mod tests {
     use super::*;
 
-    /// Column `col` of every row `sql` returns, as text.
     /// The ids of the live containers, in creation order.
     pub(crate) fn live_ids(inv: &Inventory) -> Vec<String> {
         inv.live()
@@ -1457,6 +1456,19 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Admits `id` under runtime root `/r`, as mlenv-runtime does: tracked by the
+    /// process creating it, `creator`, started at 100.
+    pub(crate) fn admit_created_by(inv: &mut Inventory, host: &dyn Host, id: &str, creator: u32) {
+        let mut d = decision(id, 1, Outcome::Admitted);
+        d.root = Some("/r".into());
+        let track = Track {
+            creator: Some((creator, 100)),
+            init: None,
+        };
+        inv.admit(&mut d, track, host, |_, _| false).unwrap();
+    }
+
+    /// Column `col` of every row `sql` returns, as text.
     fn texts(
         conn: &Connection,
         sql: &str,
@@ -2001,29 +2013,19 @@ pub(crate) mod tests {
     /// is gone, and leaves one still being created.
     #[test]
     fn reconcile_records_init_processes_and_ends_creates_that_left_nothing() {
-        let stat = |start: u64| {
-            format!(
-                "77 (sleep) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10\n"
-            )
-        };
-        let (tree, host) = crate::host::tests::fixture(&[
+        use crate::host::tests::{fixture, proc_stat};
+        let (tree, host) = fixture(&[
             (
                 "r/made/state.json",
                 r#"{"id":"made","init_process_pid":77,"init_process_start":5000}"#,
             ),
-            ("proc/77/stat", &stat(5000)),
-            ("proc/91/stat", &stat(100)),
+            ("proc/77/stat", &proc_stat(77, 5000)),
+            ("proc/91/stat", &proc_stat(91, 100)),
         ]);
         let dir = tempfile::tempdir().unwrap();
         let mut inv = Inventory::open(&dir.path().join("mlenv.db")).unwrap();
         for (id, creator) in [("made", 90), ("failed", 90), ("making", 91)] {
-            let mut d = decision(id, 1, Outcome::Admitted);
-            d.root = Some("/r".into());
-            let track = Track {
-                creator: Some((creator, 100)),
-                init: None,
-            };
-            inv.admit(&mut d, track, &host, |_, _| false).unwrap();
+            admit_created_by(&mut inv, &host, id, creator);
         }
         assert_eq!(inv.reconcile(&host, 2).unwrap(), 1);
         let pids: Vec<(String, Option<u32>)> = inv
@@ -2047,7 +2049,7 @@ pub(crate) mod tests {
         // pid is another process's.
         std::fs::remove_dir_all(tree.path().join("r/made")).unwrap();
         assert_eq!(inv.reconcile(&host, 3).unwrap(), 0);
-        std::fs::write(tree.path().join("proc/77/stat"), stat(5001)).unwrap();
+        std::fs::write(tree.path().join("proc/77/stat"), proc_stat(77, 5001)).unwrap();
         assert_eq!(inv.reconcile(&host, 4).unwrap(), 1);
         assert_eq!(live_ids(&inv), ["making"]);
     }

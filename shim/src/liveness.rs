@@ -119,7 +119,7 @@ mod tests {
     }
 
     fn stat(start: u64) -> String {
-        format!("77 (runc:[2:INIT]) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10\n")
+        crate::host::tests::proc_stat(77, start)
     }
 
     #[test]

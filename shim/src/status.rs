@@ -354,23 +354,13 @@ mod tests {
         let inventory = dir.path().join("inv.db");
         let main = dir.path().join("mlenv.toml");
         std::fs::write(&main, format!("[inventory]\npath = {inventory:?}\n")).unwrap();
-        let (_h, host) = crate::host::tests::fixture(&[("proc/91/stat", &stat(91, 100))]);
+        let stat = crate::host::tests::proc_stat(91, 100);
+        let (_h, host) = crate::host::tests::fixture(&[("proc/91/stat", &stat)]);
         let mut inv = Inventory::open(&inventory).unwrap();
         for (id, creator) in [("failed", 90), ("creating", 91)] {
-            let mut d = crate::inventory::Decision::new(1, id, Path::new("/b"));
-            d.outcome = crate::inventory::Outcome::Admitted;
-            d.root = Some("/r".into());
-            let track = crate::inventory::Track {
-                creator: Some((creator, 100)),
-                init: None,
-            };
-            inv.admit(&mut d, track, &host, |_, _| false).unwrap();
+            crate::inventory::tests::admit_created_by(&mut inv, &host, id, creator);
         }
         let s = gather(&main, &host);
         assert_eq!(s.inventory.unwrap().live, 1);
-    }
-
-    fn stat(pid: u32, start: u64) -> String {
-        format!("{pid} (runc) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10\n")
     }
 }

@@ -418,8 +418,8 @@ fn a_create_a_waited_runtime_fails_is_ended_at_once() {
 
 /// The container's init process is recorded from runc's state by the first liveness
 /// check (`mlenv ps` makes one), and is what `mlenv ps` shows. By default mlenv-runtime
-/// adds no hook: the spec's hooks are as the engine wrote
-/// them, and the delete through mlenv ends the container. With `[runtime] hook = true`
+/// adds no hook: the spec's hooks are as the engine wrote them, and the delete
+/// through mlenv ends the container. With `[runtime] hook = true`
 /// it adds mlenv-hook after the spec's own hooks at poststop (run by runc's delete,
 /// even one that bypasses mlenv), which ends the container.
 #[test]
