@@ -6,6 +6,7 @@ use crate::argv::Invocation;
 use crate::clock::Clock;
 use crate::edits::{self, EditLog};
 use crate::gpu::inject::{self, Prepared};
+use crate::gpu::probe::Reading;
 use crate::gpu::request::GpuRequest;
 use crate::gpu::select::{self, Selection};
 use crate::gpu::GpuInfo;
@@ -195,7 +196,14 @@ pub fn decide(
 
     let mut decision = Decision::new(now, &id, &bundle);
     decision.root = inv.root_text();
-    let (spec, mut edits) = match edit(&bundle, policy, &mut decision) {
+    // A helper that reads the GPUs (mlenv-nvml) runs while the spec is edited and the
+    // host read (docs/benchmarks.md).
+    let mut early = None;
+    let edited = Spec::load(&bundle).and_then(|spec| {
+        early = Gpus::start_reading(&spec, policy, host);
+        edit(spec, policy, &mut decision)
+    });
+    let (spec, mut edits) = match edited {
         Ok(done) => done,
         Err(e) => {
             decision.outcome = Outcome::Error;
@@ -237,7 +245,7 @@ pub fn decide(
             }
         },
     };
-    let mut gpus = Gpus::read(&spec, policy, mode, host, &mut notes);
+    let mut gpus = Gpus::read(&spec, policy, mode, host, early, &mut notes);
     let mut request = Request {
         uid: decision.uid,
         project: decision.project.clone(),
@@ -440,11 +448,36 @@ struct Gpus {
 type HostGpus = (Vec<GpuInfo>, Prepared, Vec<(u32, String)>);
 
 impl Gpus {
+    /// Starts reading the host's GPUs when the spec asks for GPUs that [`Gpus::read`]
+    /// will select, before the spec is edited: none of the edits changes a request.
+    fn start_reading(
+        spec: &Spec,
+        policy: &crate::policy::Policy,
+        host: &dyn Host,
+    ) -> Option<Reading> {
+        let request = crate::gpu::request::parse(spec).ok()?;
+        Gpus::selects(&request, policy).then(|| host.start_gpus(policy.gpu.nvml_library.as_deref()))
+    }
+
+    /// Whether selecting for `request` needs the host's GPUs: every GPU asked for is
+    /// passed through or refused without them, as `[gpu] all` says.
+    fn selects(request: &GpuRequest, policy: &crate::policy::Policy) -> bool {
+        match request {
+            GpuRequest::None => false,
+            GpuRequest::All { .. } => policy.gpu.all == crate::policy::AllGpus::Free,
+            _ => true,
+        }
+    }
+
+    /// The request in `spec` and what selecting for it needs. `early` is the reading
+    /// [`Gpus::start_reading`] started, used if the request still needs it (and
+    /// otherwise dropped, which stops its helper).
     fn read(
         spec: &Spec,
         policy: &crate::policy::Policy,
         mode: Mode,
         host: &dyn Host,
+        early: Option<Reading>,
         notes: &mut Vec<String>,
     ) -> Gpus {
         let mut out = Gpus {
@@ -490,8 +523,10 @@ impl Gpus {
                     ..
                 }
             );
-        let read = host
-            .gpus(policy.gpu.nvml_library.as_deref())
+        debug_assert!(Gpus::selects(&out.request, policy));
+        let read = early
+            .unwrap_or_else(|| host.start_gpus(policy.gpu.nvml_library.as_deref()))
+            .finish()
             .map_err(|e| format!("cannot read the GPUs: {e}"))
             .and_then(|gpus| {
                 if in_place {
@@ -635,14 +670,13 @@ fn keep_unrecorded(inventory: &Path, id: &str, msg: &str, now_ms: i64) {
     }
 }
 
-/// Reads the spec, checks the security rules on it as the engine wrote it, maps the
-/// user, runs the edits; fills in who asks and what.
+/// Checks the security rules on the spec as the engine wrote it, maps the user, runs
+/// the edits; fills in who asks and what.
 fn edit(
-    bundle: &Path,
+    mut spec: Spec,
     policy: &crate::policy::Policy,
     decision: &mut Decision,
 ) -> Result<(Spec, EditLog), SpecError> {
-    let mut spec = Spec::load(bundle)?;
     let files = crate::hostfs::RealFiles;
     let rules = crate::security::check(
         &spec.json,
@@ -1535,6 +1569,62 @@ mod tests {
             Verdict::Admitted { .. }
         ));
         assert_eq!(written(&f), plain);
+    }
+
+    /// Records what a create asks of the host, in order; it has no NVML.
+    struct Asked {
+        inner: OwnedHost,
+        calls: std::cell::RefCell<Vec<&'static str>>,
+    }
+
+    impl Host for Asked {
+        fn probe(&self) -> Result<crate::host::HostState, crate::host::HostError> {
+            self.calls.borrow_mut().push("probe");
+            self.inner.probe()
+        }
+        fn process_start(&self, pid: u32) -> Option<u64> {
+            self.inner.process_start(pid)
+        }
+        fn read(&self, path: &Path) -> Option<String> {
+            self.inner.read(path)
+        }
+        fn gpus(&self, _lib: Option<&Path>) -> Result<Vec<GpuInfo>, String> {
+            self.calls.borrow_mut().push("gpus");
+            Err("no NVML here".into())
+        }
+        fn start_gpus(&self, _lib: Option<&Path>) -> Reading {
+            self.calls.borrow_mut().push("start_gpus");
+            Reading::Ready(Err("no NVML here".into()))
+        }
+    }
+
+    #[test]
+    fn gpus_are_read_once_before_the_host_and_only_to_select() {
+        let cases: [(&[&str], &str, &[&str]); 6] = [
+            (&[], "", &["probe"]),
+            (&["MLENV_GPUS=1"], "", &["start_gpus", "probe"]),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0,1"],
+                "",
+                &["start_gpus", "probe"],
+            ),
+            (&["MLENV_GPUS=two"], "", &["probe"]),
+            (&["NVIDIA_VISIBLE_DEVICES=all"], "", &["probe"]),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=all"],
+                "all = \"free\"\n",
+                &["start_gpus", "probe"],
+            ),
+        ];
+        for (env, gpu, expected) in cases {
+            let f = fixture(&format!("[gpu]\n{gpu}"), gpu_spec(env));
+            let host = Asked {
+                inner: host(),
+                calls: Default::default(),
+            };
+            run_create(&f, "c1", &host, &mut RuncLog::stderr_only()).unwrap();
+            assert_eq!(host.calls.into_inner(), expected, "{env:?} {gpu}");
+        }
     }
 
     #[test]

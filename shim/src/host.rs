@@ -4,6 +4,7 @@
 //! Everything is read under a root directory (`/` in production) so that tests can
 //! point the probe at fixture files.
 
+use crate::gpu::probe::Reading;
 use crate::gpu::GpuInfo;
 use std::fs;
 use std::io;
@@ -63,6 +64,11 @@ pub trait Host {
     fn read(&self, path: &Path) -> Option<String>;
     /// The GPUs, through the NVML library at `nvml_library` (the system's when None).
     fn gpus(&self, nvml_library: Option<&Path>) -> Result<Vec<GpuInfo>, String>;
+    /// [`Host::gpus`], started now and read when the caller needs it: where a helper
+    /// process reads them, it runs while the caller goes on.
+    fn start_gpus(&self, nvml_library: Option<&Path>) -> Reading {
+        Reading::Ready(self.gpus(nvml_library))
+    }
 }
 
 /// How the GPUs are read.
@@ -193,9 +199,15 @@ impl Host for ProcHost {
     }
 
     fn gpus(&self, nvml_library: Option<&Path>) -> Result<Vec<GpuInfo>, String> {
+        self.start_gpus(nvml_library).finish()
+    }
+
+    fn start_gpus(&self, nvml_library: Option<&Path>) -> Reading {
         match &self.gpus {
-            GpuSource::InProcess => crate::gpu::probe(nvml_library).map_err(|e| e.to_string()),
-            GpuSource::Helper => crate::gpu::probe::through(
+            GpuSource::InProcess => {
+                Reading::Ready(crate::gpu::probe(nvml_library).map_err(|e| e.to_string()))
+            }
+            GpuSource::Helper => crate::gpu::probe::start_through(
                 &crate::gpu::helper::beside_me("mlenv-nvml"),
                 nvml_library,
             ),

@@ -121,12 +121,38 @@ pub fn probe(lib: Option<&Path>) -> Result<Vec<GpuInfo>, GpuError> {
 /// NVML itself: mlenv-runtime is linked statically (docs/design.md). The same GPUs as
 /// [`probe`], or its message.
 pub fn through(helper: &Path, lib: Option<&Path>) -> Result<Vec<GpuInfo>, String> {
+    start_through(helper, lib).finish()
+}
+
+/// [`through`], started now and read by [`Reading::finish`]: the helper runs while
+/// the caller goes on.
+pub fn start_through(helper: &Path, lib: Option<&Path>) -> Reading {
     let mut args = Vec::new();
     if let Some(lib) = lib {
         args.push("--nvml-library".to_string());
         args.push(lib.display().to_string());
     }
-    super::helper::call(helper, &args)
+    match super::helper::start(helper, &args) {
+        Ok(running) => Reading::Running(running),
+        Err(e) => Reading::Ready(Err(e)),
+    }
+}
+
+/// The GPUs, read already or being read by a helper.
+#[derive(Debug)]
+pub enum Reading {
+    Ready(Result<Vec<GpuInfo>, String>),
+    Running(super::helper::Running),
+}
+
+impl Reading {
+    /// The GPUs, or why they cannot be read.
+    pub fn finish(self) -> Result<Vec<GpuInfo>, String> {
+        match self {
+            Reading::Ready(read) => read,
+            Reading::Running(running) => running.finish(),
+        }
+    }
 }
 
 /// The file name of the test NVML library (tests/fake-nvml).
