@@ -329,6 +329,61 @@ pub(crate) mod tests {
         );
     }
 
+    /// As the driver's library does, so that loading it costs what it costs on a host
+    /// with a GPU (tests/fake-nvml/src/not_supported.rs).
+    #[test]
+    fn the_test_library_exports_every_function_nvml_wrapper_looks_up() {
+        let Some(lib) = built(FAKE_NVML) else {
+            return;
+        };
+        // The names, from the source of nvml-wrapper-sys as this build uses it.
+        let meta = std::process::Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--offline",
+                "--manifest-path",
+            ])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .output()
+            .unwrap();
+        assert!(meta.status.success(), "{meta:?}");
+        let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
+        let manifest = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "nvml-wrapper-sys")
+            .and_then(|p| p["manifest_path"].as_str())
+            .unwrap();
+        let bindings = Path::new(manifest).with_file_name("src/bindings.rs");
+        let bindings = std::fs::read_to_string(&bindings).unwrap();
+        let names: Vec<&str> = bindings
+            .split("get(b\"")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("\\0\"").map(|(name, _)| name))
+            .collect();
+        assert!(names.len() > 300, "{} names", names.len());
+        let path = std::ffi::CString::new(lib.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: the test library has no constructors; the handle stays open.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        assert!(!handle.is_null());
+        let missing: Vec<&str> = names
+            .into_iter()
+            .filter(|name| {
+                let c = std::ffi::CString::new(*name).unwrap();
+                // SAFETY: a lookup only; nothing is called.
+                unsafe { libc::dlsym(handle, c.as_ptr()) }.is_null()
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "add to tests/fake-nvml/src/not_supported.rs: {}",
+            missing.join(" ")
+        );
+    }
+
     #[test]
     fn missing_library_is_a_clear_error() {
         let err = probe(Some(Path::new("/nonexistent/libnvidia-ml.so.1")))

@@ -2,7 +2,8 @@
 //! (nvml-wrapper) runs on machines without a GPU.
 //!
 //! It exports the `nvml*` symbols nvml-wrapper calls on mlenv's paths, with NVML's C
-//! signatures and return codes. The GPUs come from a JSON file, read afresh by every
+//! signatures and return codes, and as "not supported" every other one nvml-wrapper
+//! looks up (`not_supported.rs`). The GPUs come from a JSON file, read afresh by every
 //! `nvmlInit_v2`: `$MLENV_FAKE_NVML_CONFIG`, else `fake-nvml.json` beside this library.
 //!
 //! ```json
@@ -24,9 +25,12 @@ type Ret = c_uint;
 const SUCCESS: Ret = 0;
 const ERROR_UNINITIALIZED: Ret = 1;
 const ERROR_INVALID_ARGUMENT: Ret = 2;
+const ERROR_NOT_SUPPORTED: Ret = 3;
 const ERROR_NOT_FOUND: Ret = 6;
 const ERROR_INSUFFICIENT_SIZE: Ret = 7;
 const ERROR_DRIVER_NOT_LOADED: Ret = 9;
+
+mod not_supported;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
