@@ -19,6 +19,8 @@ cd "$(dirname "$0")/.."
 n=${1:-200}
 # The binaries as they ship (mlenv-runtime linked statically) and the examples.
 dist=$(bash packaging/build-bins.sh release | tail -1)
+# The test NVML library the GPU cases load, as the sources are now.
+cargo build --release -q -p mlenv-fake-nvml
 export MLENV_BIN_DIR=$dist
 echo "== create latency (bench_create $n)"
 target/release/examples/bench_create "$n"
