@@ -210,11 +210,16 @@ pub struct Pruned {
 pub struct Opening {
     path: PathBuf,
     thread: Option<std::thread::JoinHandle<Result<Inventory, InventoryError>>>,
+    /// The thread kept off the caller's CPU while the caller works.
+    moved: Option<crate::affinity::Moved>,
 }
 
 impl Opening {
     /// The inventory, once open: as [`Inventory::open`] would have returned it.
     pub fn wait(self) -> Result<Inventory, InventoryError> {
+        if let Some(moved) = self.moved {
+            moved.back();
+        }
         match self.thread.map(std::thread::JoinHandle::join) {
             Some(Ok(opened)) => opened,
             // Never started, or panicked (a panic here again is this thread's own).
@@ -412,8 +417,10 @@ impl Inventory {
 
     /// [`Inventory::open`] on a thread of its own, for a caller with other work to do
     /// meanwhile: a create reads its spec and the host while SQLite reads the schema
-    /// and rebuilds the WAL index, each some 0.3 to 0.4 ms (docs/benchmarks.md). Where
-    /// no thread can be started, [`Opening::wait`] opens it then.
+    /// and rebuilds the WAL index, each some 0.3 to 0.4 ms (docs/benchmarks.md). The
+    /// thread is kept off the caller's CPU until [`Opening::wait`], so that it runs
+    /// beside the caller, not after it ([`crate::affinity`]). Where no thread can be
+    /// started, [`Opening::wait`] opens it then.
     pub fn open_in_background(path: &Path) -> Opening {
         let owned = path.to_path_buf();
         let thread = std::thread::Builder::new()
@@ -421,9 +428,11 @@ impl Inventory {
             .stack_size(512 * 1024)
             .spawn(move || Inventory::open(&owned))
             .ok();
+        let moved = thread.as_ref().and_then(crate::affinity::elsewhere);
         Opening {
             path: path.to_path_buf(),
             thread,
+            moved,
         }
     }
 

@@ -6,6 +6,7 @@
 //! subcommand passes straight through.
 
 pub mod admission;
+pub mod affinity;
 pub mod argv;
 pub mod clock;
 pub mod create;
