@@ -8,6 +8,8 @@
 #    mlenv's own cost and peak RSS, 64 creates at once    (examples/bench_create.rs)
 # 2. every call of one container's life as an engine makes them (create, start,
 #    delete, delete --force), runc against mlenv-runtime  (bench_create calls)
+#    and a create cut where runc starts: what mlenv adds before it, and how much
+#    slower runc runs after it, against an exec-only wrapper too (bench_create split)
 # 3. decision time against inventory size                (benches/decide.rs, criterion)
 # 4. `docker run` wall time through mlenv against runc, 3N runs each (a `docker run`
 #    spreads by a third of its time), on a dockerd of its own (tests/e2e-env.sh with
@@ -27,6 +29,9 @@ target/release/examples/bench_create "$n"
 echo
 echo "== the calls of one container (bench_create calls $n)"
 target/release/examples/bench_create calls "$n"
+echo
+echo "== a create cut where runc starts (bench_create split $n)"
+target/release/examples/bench_create split "$n"
 echo
 echo "== decision time against inventory size (cargo bench -p mlenv --bench decide)"
 cargo bench -p mlenv --bench decide 2>&1 | grep -E '^decide/|time:'

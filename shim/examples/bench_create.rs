@@ -6,6 +6,10 @@
 //!                               64 creates at once
 //!     bench_create calls [N]    each call of one container's life (create, start,
 //!                               delete, delete --force), runc against mlenv-runtime
+//!     bench_create split [N]    a create without GPUs cut where runc starts: what
+//!                               mlenv adds before it, and how much slower runc then
+//!                               runs, against runc alone and against a wrapper that
+//!                               only execs it
 //!     bench_create docker [N [M]]
 //!                               `docker run --rm` wall time, --runtime=runc against
 //!                               --runtime=mlenv, N runs each, on the engine at
@@ -154,8 +158,14 @@ fn rootfs(dir: &Path) -> PathBuf {
 }
 
 fn main() {
+    // Standing in front of runc for `split`: stamp the clock as runc would start, then
+    // become runc.
+    if let Some(real) = std::env::var_os(REAL_RUNC) {
+        stamp_and_exec(&real);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("split") => split(args.get(1).map_or(200, |n| n.parse().unwrap())),
         Some("docker") => {
             let n = args.get(1).map_or(100, |n| n.parse().unwrap());
             docker(n, args.get(2).map_or(n, |m| m.parse().unwrap()))
@@ -610,6 +620,152 @@ fn creates(n: usize) {
     println!();
 
     parallel(&b, &pristine, 64, 5);
+    drop(work);
+}
+
+/// Set on the creates of `split`: the runc that this program, linked as `runc`, execs.
+const REAL_RUNC: &str = "MLENV_BENCH_REAL_RUNC";
+/// Set on the timed creates of `split`: the file that the moment runc starts is
+/// written to.
+const STAMP: &str = "MLENV_BENCH_STAMP";
+
+/// CLOCK_MONOTONIC in ns, comparable between processes (std's `Instant` is that clock,
+/// but does not give its value).
+fn mono_ns() -> i64 {
+    // SAFETY: clock_gettime fills the zeroed timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// This program as the runtime that mlenv hands over to, or that the bench or an
+/// exec-only wrapper starts: the clock into `$MLENV_BENCH_STAMP`, then exec of `real`
+/// with the same arguments. Everything before the stamp is the same for every case but
+/// for what stands in front of it; everything after, runc's create.
+fn stamp_and_exec(real: &std::ffi::OsStr) -> ! {
+    use std::os::unix::process::CommandExt;
+    let now = mono_ns();
+    if let Some(file) = std::env::var_os(STAMP) {
+        fs::write(file, now.to_string()).unwrap();
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let e = Command::new(real)
+        .arg0(&args[0])
+        .args(&args[1..])
+        .env_remove(REAL_RUNC)
+        .env_remove(STAMP)
+        .exec();
+    panic!("{}: {e}", real.to_string_lossy())
+}
+
+/// A create without GPUs cut in two where runc starts, runc alone against runc behind
+/// mlenv-runtime (no edit) and behind a wrapper that does nothing but exec it
+/// (`busybox env`, a static binary, where installed). runc here is this program linked
+/// as `runc`, which stamps the clock and execs the real one: the part before the stamp
+/// is what stands in front of runc, with a machine as busy as runc keeps it (the
+/// stand-in cases of `bench_create` run with caches warm); the part after is runc's
+/// create, which runs slower after more work was done before it in the same process.
+fn split(n: usize) {
+    let (b, work) = setup();
+    let rootfs = rootfs(&b.dir);
+    let bundle_dir = b.dir.join("bundle");
+    let pristine = bundle(&b.runc, &bundle_dir, &rootfs, &[]);
+    let stamped = b.dir.join("stamped").join("runc");
+    fs::create_dir_all(stamped.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &stamped).unwrap();
+    let policy = b.policy("split", &stamped, "");
+    let stamp = b.dir.join("stamp");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+    // (name, program, what it runs before the stamped runc, policy)
+    let mut cases: Vec<(&str, &Path, Vec<&std::ffi::OsStr>, Option<&Path>)> = vec![
+        ("runc", &stamped, vec![], None),
+        ("mlenv-runtime", &b.mlenv, vec![], Some(&policy)),
+    ];
+    if let Some(bb) = busybox {
+        cases.push((
+            "exec only",
+            bb,
+            vec!["env".as_ref(), stamped.as_os_str()],
+            None,
+        ));
+    }
+    // Per case: before runc starts, runc's create after.
+    let mut t: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
+    for i in 0..n + 5 {
+        // Each case takes each place in the round in turn.
+        for k in (0..cases.len()).map(|j| (i + j) % cases.len()) {
+            let (_, bin, pre, pol) = &cases[k];
+            let id = format!("split{i}-{k}");
+            let mut c = Command::new(bin);
+            c.args(pre);
+            if let Some(p) = pol {
+                c.env("MLENV_CONFIG", p);
+            }
+            c.env(REAL_RUNC, &b.runc)
+                .env(STAMP, &stamp)
+                .arg("--root")
+                .arg(&b.state)
+                .arg("--log")
+                .arg(&b.log)
+                .args(["--log-format", "json", "create", "--bundle"])
+                .arg(&bundle_dir)
+                .arg("--pid-file")
+                .arg(b.dir.join(format!("{id}.pid")))
+                .arg(&id);
+            let _ = fs::remove_file(&stamp);
+            let start = mono_ns();
+            timed(&mut c);
+            let end = mono_ns();
+            let at: i64 = fs::read_to_string(&stamp).unwrap().parse().unwrap();
+            if i >= 5 {
+                t[k].push(((at - start) as f64 / 1e6, (end - at) as f64 / 1e6));
+            }
+            // Through what created it, runc reached as in the create.
+            let (del, dpol) = if pol.is_some() {
+                (b.mlenv.as_path(), *pol)
+            } else {
+                (b.runc.as_path(), None)
+            };
+            let mut d = b.cmd(del, dpol);
+            d.env(REAL_RUNC, &b.runc).args(["delete", "--force", &id]);
+            must(&mut d);
+            let _ = fs::remove_file(b.dir.join(format!("{id}.pid")));
+            reap_orphans();
+            fs::write(bundle_dir.join("config.json"), &pristine).unwrap();
+        }
+    }
+    println!(
+        "a create without GPUs cut where runc starts, {n} interleaved runs of each, bundles on {}",
+        fs_name(&b.dir)
+    );
+    let part = |k: usize, f: fn(&(f64, f64)) -> f64| -> Vec<f64> { t[k].iter().map(f).collect() };
+    for (k, (name, ..)) in cases.iter().enumerate() {
+        println!(
+            "{name:<14} until runc starts median {:6.3} ms   runc's create median {:7.3} ms",
+            quantile(&part(k, |p| p.0), 0.5),
+            quantile(&part(k, |p| p.1), 0.5)
+        );
+    }
+    for (k, (name, ..)) in cases.iter().enumerate().skip(1) {
+        paired(
+            &format!("{name} - runc, before"),
+            &part(k, |p| p.0),
+            &part(0, |p| p.0),
+        );
+        paired(
+            &format!("{name} - runc, after"),
+            &part(k, |p| p.1),
+            &part(0, |p| p.1),
+        );
+        paired(
+            &format!("{name} - runc, whole"),
+            &part(k, |p| p.0 + p.1),
+            &part(0, |p| p.0 + p.1),
+        );
+    }
     drop(work);
 }
 

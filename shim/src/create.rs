@@ -164,6 +164,9 @@ pub fn decide(
     log: &mut RuncLog,
 ) -> Result<(Verdict, Option<Inventory>), CreateError> {
     let now = clock.now_ms();
+    // SQLite reads the inventory's schema and WAL while the spec is edited and the
+    // host read, on a thread started while the policy is read (docs/benchmarks.md).
+    let opener = Inventory::open_in_background();
     let (mut loaded, keep) = match policy_in_force(main, log, now) {
         Err(CreateError::Untrusted(e)) => return Ok((Verdict::Refused(e.to_string()), None)),
         other => other?,
@@ -177,9 +180,7 @@ pub fn decide(
         .clone()
         .ok_or_else(|| CreateError::NoId(inv.subcommand.clone().unwrap_or_default()))?;
     let bundle = inv.bundle_dir(cwd);
-    // SQLite reads the inventory's schema and WAL while the spec is edited and the
-    // host read: on two cores, 0.3 ms less per create (docs/benchmarks.md).
-    let opening = Inventory::open_in_background(&loaded.policy.inventory.path);
+    let opening = opener.open(&loaded.policy.inventory.path);
     keep.keep(&loaded.policy, main);
     if mode != Mode::Runtime {
         // Defaults cannot be applied and clamps cannot lower anything from a hook.

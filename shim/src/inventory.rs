@@ -206,11 +206,35 @@ pub struct Pruned {
     pub containers: usize,
 }
 
-/// An inventory being opened by [`Inventory::open_in_background`].
+/// The thread of [`Inventory::open_in_background`]: None when it was never told a path.
+type OpenerThread = std::thread::JoinHandle<Option<Result<Inventory, InventoryError>>>;
+
+/// A thread started by [`Inventory::open_in_background`], SQLite initialised on it,
+/// waiting for the inventory's path. Dropped untold, it ends without opening anything.
+pub struct Opener {
+    thread: Option<OpenerThread>,
+    /// The thread kept off the caller's CPU while the caller works.
+    moved: Option<crate::affinity::Moved>,
+    path: std::sync::mpsc::SyncSender<PathBuf>,
+}
+
+impl Opener {
+    /// Opens the inventory at `path` on the thread.
+    pub fn open(self, path: &Path) -> Opening {
+        // A thread that is gone (it panicked) leaves the open to `wait`.
+        let _ = self.path.send(path.to_path_buf());
+        Opening {
+            path: path.to_path_buf(),
+            thread: self.thread,
+            moved: self.moved,
+        }
+    }
+}
+
+/// An inventory being opened by [`Opener::open`].
 pub struct Opening {
     path: PathBuf,
-    thread: Option<std::thread::JoinHandle<Result<Inventory, InventoryError>>>,
-    /// The thread kept off the caller's CPU while the caller works.
+    thread: Option<OpenerThread>,
     moved: Option<crate::affinity::Moved>,
 }
 
@@ -221,7 +245,7 @@ impl Opening {
             moved.back();
         }
         match self.thread.map(std::thread::JoinHandle::join) {
-            Some(Ok(opened)) => opened,
+            Some(Ok(Some(opened))) => opened,
             // Never started, or panicked (a panic here again is this thread's own).
             _ => Inventory::open(&self.path),
         }
@@ -418,21 +442,29 @@ impl Inventory {
     /// [`Inventory::open`] on a thread of its own, for a caller with other work to do
     /// meanwhile: a create reads its spec and the host while SQLite reads the schema
     /// and rebuilds the WAL index, each some 0.3 to 0.4 ms (docs/benchmarks.md). The
-    /// thread is kept off the caller's CPU until [`Opening::wait`], so that it runs
-    /// beside the caller, not after it ([`crate::affinity`]). Where no thread can be
-    /// started, [`Opening::wait`] opens it then.
-    pub fn open_in_background(path: &Path) -> Opening {
-        let owned = path.to_path_buf();
+    /// thread starts before the path is known ([`Opener::open`] tells it), so that
+    /// its start and SQLite's initialisation overlap the policy's reading. It is kept
+    /// off the caller's CPU until [`Opening::wait`], so that it runs beside the
+    /// caller, not after it ([`crate::affinity`]). Where no thread can be started,
+    /// [`Opening::wait`] opens it then.
+    pub fn open_in_background() -> Opener {
+        let (path, told) = std::sync::mpsc::sync_channel::<PathBuf>(1);
         let thread = std::thread::Builder::new()
             .name("inventory".into())
             .stack_size(512 * 1024)
-            .spawn(move || Inventory::open(&owned))
+            .spawn(move || {
+                // SAFETY: no argument; safe to call at any time, from any thread, and
+                // again. An error here comes back again from the open below.
+                unsafe { rusqlite::ffi::sqlite3_initialize() };
+                let path = told.recv().ok()?;
+                Some(Inventory::open(&path))
+            })
             .ok();
         let moved = thread.as_ref().and_then(crate::affinity::elsewhere);
-        Opening {
-            path: path.to_path_buf(),
+        Opener {
             thread,
             moved,
+            path,
         }
     }
 
@@ -2068,11 +2100,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/mlenv.db");
         // Created, migrated and written to as `open` does.
-        let mut inv = Inventory::open_in_background(&path).wait().unwrap();
+        let mut inv = Inventory::open_in_background().open(&path).wait().unwrap();
         assert_eq!(inv.schema_version().unwrap(), MIGRATIONS.len() as i64);
         inv.record(&decision("a", 1, Outcome::Admitted)).unwrap();
         drop(inv);
-        let inv = Inventory::open_in_background(&path).wait().unwrap();
+        let inv = Inventory::open_in_background().open(&path).wait().unwrap();
         assert_eq!(inv.live().unwrap().len(), 1);
         drop(inv);
         // Corrupt: moved aside on that thread, said in what comes back.
@@ -2080,17 +2112,28 @@ pub(crate) mod tests {
             let _ = fs::remove_file(dir.path().join(side));
         }
         fs::write(&path, vec![b'x'; 8192]).unwrap();
-        let inv = Inventory::open_in_background(&path).wait().unwrap();
+        let inv = Inventory::open_in_background().open(&path).wait().unwrap();
         assert!(inv.set_aside.is_some());
         assert!(inv.live().unwrap().is_empty());
         // An error comes back as open's.
         let blocked = dir.path().join("file");
         fs::write(&blocked, "").unwrap();
-        let err = Inventory::open_in_background(&blocked.join("mlenv.db"))
+        let err = Inventory::open_in_background()
+            .open(&blocked.join("mlenv.db"))
             .wait()
             .err()
             .expect("a file where the directory should be");
         assert!(matches!(err, InventoryError::Dir { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_opener_never_told_a_path_ends_without_opening() {
+        // As when the policy cannot be read: the thread waiting for the path ends once
+        // the opener is dropped, with nothing opened, created or waited for.
+        let mut opener = Inventory::open_in_background();
+        let thread = opener.thread.take().expect("a thread started");
+        drop(opener);
+        assert!(thread.join().unwrap().is_none());
     }
 
     #[test]
