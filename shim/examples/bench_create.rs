@@ -158,10 +158,13 @@ fn rootfs(dir: &Path) -> PathBuf {
 }
 
 fn main() {
-    // Standing in front of runc for `split`: stamp the clock as runc would start, then
-    // become runc.
-    if let Some(real) = std::env::var_os(REAL_RUNC) {
-        stamp_and_exec(&real);
+    // Linked as `runc` for `split`: stamp the clock as runc would start, then become
+    // runc.
+    if std::env::args_os()
+        .next()
+        .is_some_and(|arg0| Path::new(&arg0).file_name() == Some("runc".as_ref()))
+    {
+        stamp_and_exec();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -187,7 +190,14 @@ struct Bench {
 
 impl Bench {
     fn cmd(&self, bin: &Path, policy: Option<&Path>) -> Command {
+        self.cmd_through(bin, &[], policy)
+    }
+
+    /// [`Bench::cmd`] with `pre` given to `bin` before the runtime's arguments: a
+    /// program that runs the runtime (`busybox env RUNTIME`).
+    fn cmd_through(&self, bin: &Path, pre: &[&std::ffi::OsStr], policy: Option<&Path>) -> Command {
         let mut c = Command::new(bin);
+        c.args(pre);
         if let Some(p) = policy {
             c.env("MLENV_CONFIG", p);
         }
@@ -204,7 +214,20 @@ impl Bench {
         id: &str,
         pid_file: bool,
     ) -> Command {
-        let mut c = self.cmd(bin, policy);
+        self.create_through(bin, &[], policy, bundle, id, pid_file)
+    }
+
+    /// [`Bench::create`] through `bin` given `pre` ([`Bench::cmd_through`]).
+    fn create_through(
+        &self,
+        bin: &Path,
+        pre: &[&std::ffi::OsStr],
+        policy: Option<&Path>,
+        bundle: &Path,
+        id: &str,
+        pid_file: bool,
+    ) -> Command {
+        let mut c = self.cmd_through(bin, pre, policy);
         c.arg("--log")
             .arg(&self.log)
             .args(["--log-format", "json", "create", "--bundle"])
@@ -623,8 +646,6 @@ fn creates(n: usize) {
     drop(work);
 }
 
-/// Set on the creates of `split`: the runc that this program, linked as `runc`, execs.
-const REAL_RUNC: &str = "MLENV_BENCH_REAL_RUNC";
 /// Set on the timed creates of `split`: the file that the moment runc starts is
 /// written to.
 const STAMP: &str = "MLENV_BENCH_STAMP";
@@ -638,24 +659,25 @@ fn mono_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
-/// This program as the runtime that mlenv hands over to, or that the bench or an
-/// exec-only wrapper starts: the clock into `$MLENV_BENCH_STAMP`, then exec of `real`
-/// with the same arguments. Everything before the stamp is the same for every case but
-/// for what stands in front of it; everything after, runc's create.
-fn stamp_and_exec(real: &std::ffi::OsStr) -> ! {
+/// This program linked as `runc`, the runtime that mlenv hands over to, or that the
+/// bench or an exec-only wrapper starts: the clock into `$MLENV_BENCH_STAMP` (where
+/// set), then exec of the real runc with the same arguments. Everything before the
+/// stamp is the same for every case but for what stands in front of it; everything
+/// after, runc's create.
+fn stamp_and_exec() -> ! {
     use std::os::unix::process::CommandExt;
     let now = mono_ns();
     if let Some(file) = std::env::var_os(STAMP) {
         fs::write(file, now.to_string()).unwrap();
     }
+    let real = mlenv::lowlevel::locate(None).expect("runc installed");
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let e = Command::new(real)
+    let e = Command::new(&real)
         .arg0(&args[0])
         .args(&args[1..])
-        .env_remove(REAL_RUNC)
         .env_remove(STAMP)
         .exec();
-    panic!("{}: {e}", real.to_string_lossy())
+    panic!("{}: {e}", real.display())
 }
 
 /// A create without GPUs cut in two where runc starts, runc alone against runc behind
@@ -699,22 +721,8 @@ fn split(n: usize) {
         for k in (0..cases.len()).map(|j| (i + j) % cases.len()) {
             let (_, bin, pre, pol) = &cases[k];
             let id = format!("split{i}-{k}");
-            let mut c = Command::new(bin);
-            c.args(pre);
-            if let Some(p) = pol {
-                c.env("MLENV_CONFIG", p);
-            }
-            c.env(REAL_RUNC, &b.runc)
-                .env(STAMP, &stamp)
-                .arg("--root")
-                .arg(&b.state)
-                .arg("--log")
-                .arg(&b.log)
-                .args(["--log-format", "json", "create", "--bundle"])
-                .arg(&bundle_dir)
-                .arg("--pid-file")
-                .arg(b.dir.join(format!("{id}.pid")))
-                .arg(&id);
+            let mut c = b.create_through(bin, pre, *pol, &bundle_dir, &id, true);
+            c.env(STAMP, &stamp);
             let _ = fs::remove_file(&stamp);
             let start = mono_ns();
             timed(&mut c);
@@ -724,16 +732,8 @@ fn split(n: usize) {
                 t[k].push(((at - start) as f64 / 1e6, (end - at) as f64 / 1e6));
             }
             // Through what created it, runc reached as in the create.
-            let (del, dpol) = if pol.is_some() {
-                (b.mlenv.as_path(), *pol)
-            } else {
-                (b.runc.as_path(), None)
-            };
-            let mut d = b.cmd(del, dpol);
-            d.env(REAL_RUNC, &b.runc).args(["delete", "--force", &id]);
-            must(&mut d);
-            let _ = fs::remove_file(b.dir.join(format!("{id}.pid")));
-            reap_orphans();
+            let del = if pol.is_some() { &b.mlenv } else { &b.runc };
+            b.delete(del, *pol, &id);
             fs::write(bundle_dir.join("config.json"), &pristine).unwrap();
         }
     }
