@@ -708,22 +708,22 @@ pub const NOT_CREATED: &str = "not created: the runtime failed";
 
 /// After a successful `delete` (or a foreground `run` that returned), the container no
 /// longer counts. Best effort: a broken policy or inventory must never make a delete
-/// fail.
+/// fail. Returns the warnings of housekeeping done on the way ([`Housekeeping::run`]).
 pub fn record_end(
     inv: &Invocation,
     main: &Path,
     clock: &dyn Clock,
     reason: &str,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     // Read leniently: a policy broken since the create still names its inventory.
     let Some(mut ending) = Ending::open(inv, &policy::lenient(main))? else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     ending.record(clock.now_ms(), reason)?;
-    if let Some(due) = ending.close() {
-        due.run(clock.now_ms());
-    }
-    Ok(())
+    Ok(ending
+        .close()
+        .map(|due| due.run(clock.now_ms()))
+        .unwrap_or_default())
 }
 
 /// The bookkeeping of a delete, in steps: [`Ending::open`] while the runtime deletes
@@ -787,25 +787,32 @@ pub struct Housekeeping {
 
 impl Housekeeping {
     /// Best effort: a failure here is not a failed end, and a later delete tries
-    /// again.
-    pub fn run(&self, now_ms: i64) {
+    /// again. Returns what went wrong, each a message for the admin: by the time it
+    /// runs, the engine has its answer and reads nothing more from this process.
+    pub fn run(&self, now_ms: i64) -> Vec<String> {
+        let mut warnings = Vec::new();
         // Never made again here: whoever removed it meant it.
         if !self.path.exists() {
-            return;
+            return warnings;
         }
         let mut inventory = match Inventory::open(&self.path) {
             Ok(i) => i,
             Err(e) => {
-                eprintln!("mlenv: warning: inventory housekeeping skipped: {e}");
-                return;
+                warnings.push(format!("inventory housekeeping skipped: {e}"));
+                return warnings;
             }
         };
         if let Some(days) = self.retention_days {
             if let Err(e) = inventory.prune_if_due(now_ms, days) {
-                eprintln!("mlenv: warning: old decisions not pruned: {e}");
+                warnings.push(format!("old decisions not pruned: {e}"));
             }
         }
-        inventory.settle(true);
+        if let Err(e) = inventory.try_settle(true) {
+            warnings.push(format!(
+                "the WAL was not folded into the inventory (creates read it whole until it is): {e}"
+            ));
+        }
+        warnings
     }
 }
 
@@ -1108,7 +1115,7 @@ mod tests {
         let db = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         let frames = db.wal_frames();
         assert!(frames > crate::inventory::WAL_SETTLE_FRAMES, "{frames}");
-        due.run(10);
+        assert_eq!(due.run(10), Vec::<String>::new());
         assert!(db.wal_frames() < frames, "{}", db.wal_frames());
         assert!(db.wal_frames() <= crate::inventory::WAL_SETTLE_FRAMES);
         assert!(db.live().unwrap().is_empty());
@@ -1120,6 +1127,29 @@ mod tests {
         };
         let del = scan(&["delete", "h3"].map(OsString::from));
         assert!(Ending::open(&del, &none).unwrap().is_none());
+    }
+
+    #[test]
+    fn housekeeping_says_what_it_could_not_do() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the inventory should be: SQLite cannot open it.
+        let path = dir.path().join("mlenv.db");
+        fs::create_dir(&path).unwrap();
+        let due = Housekeeping {
+            path: path.clone(),
+            retention_days: Some(30),
+        };
+        let warnings = due.run(10);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("inventory housekeeping skipped: ")
+                && warnings[0].contains(&path.display().to_string()),
+            "{warnings:?}"
+        );
+        // Gone meanwhile: nothing to do, nothing to say.
+        fs::remove_dir(&path).unwrap();
+        assert!(due.run(10).is_empty());
+        assert!(!path.exists(), "never made again by housekeeping");
     }
 
     #[test]

@@ -326,6 +326,14 @@ fn sql_error(path: &Path, what: &'static str, source: rusqlite::Error) -> Invent
     }
 }
 
+/// Another connection holds what the statement needs: it may succeed later.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 impl InventoryError {
     /// The file is not a database, or its pages are damaged: it cannot be repaired
     /// in place.
@@ -689,13 +697,20 @@ impl Inventory {
     /// empty WAL syncs its new header (two fsyncs), and that belongs here, not in the
     /// next create.
     pub fn settle(&mut self, force: bool) {
+        let _ = self.try_settle(force);
+    }
+
+    /// [`settle`](Self::settle), saying why a checkpoint failed (a full disk, an I/O
+    /// error), for a caller that can report it. A checkpoint held off by readers or
+    /// another writer is not a failure: a later call takes it.
+    pub fn try_settle(&mut self, force: bool) -> Result<(), InventoryError> {
         let limit = if force {
             WAL_SETTLE_FRAMES
         } else {
             WAL_CHECKPOINT_FRAMES
         };
         if self.wal_frames() <= limit {
-            return;
+            return Ok(());
         }
         // PASSIVE first: the copy into the database and its fsyncs, without holding
         // off writers. TRUNCATE then blocks new writers only for what came since.
@@ -703,17 +718,21 @@ impl Inventory {
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        let done = self
+        let done = match self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                 Ok(r.get::<_, i64>(0)? == 0 && r.get::<_, i64>(1)? == 0)
-            })
-            .unwrap_or(false);
+            }) {
+            Ok(done) => done,
+            Err(e) if is_busy(&e) => false,
+            Err(e) => return Err(self.sql("checkpointing the WAL", e)),
+        };
         if done && force {
             let _ = self
                 .conn
                 .pragma_update(None, "user_version", MIGRATIONS.len() as i64);
         }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

@@ -29,6 +29,7 @@ pub mod security;
 pub mod spec;
 pub mod sqlmem;
 pub mod status;
+pub mod syslog;
 pub mod trust;
 pub mod units;
 pub mod update;

@@ -1,6 +1,7 @@
 //! Fault injection: mlenv-runtime killed mid-create, dockerd crashing with live
-//! containers, the inventory locked by another writer, corrupt, or on a full disk,
-//! and the policy replaced by garbage while containers start. Each checks that the
+//! containers, the inventory locked by another writer, corrupt, or on a full disk
+//! (under a create, a delete, and the housekeeping after one), and the policy replaced
+//! by garbage while containers start. Each checks that the
 //! calls that only pass through keep working, that no lease or live row is left
 //! behind, and that what the user sees is the message docs/troubleshooting.md gives.
 
@@ -375,6 +376,57 @@ fn corrupt_inventory_is_moved_aside_and_reported() {
     assert!(policy.live().is_empty());
 }
 
+/// A policy whose inventory is on a 1 MiB tmpfs of its own, a bundle and a pid file
+/// for runc; the tmpfs unmounted when dropped.
+struct SmallDisk {
+    policy: Policy,
+    inv_dir: std::path::PathBuf,
+    bundle: std::path::PathBuf,
+    pid_file: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new() -> SmallDisk {
+        let policy = Policy::write(None, "");
+        let inv_dir = policy.inventory.parent().unwrap().to_path_buf();
+        fs::create_dir_all(&inv_dir).unwrap();
+        ok(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
+            .arg(&inv_dir));
+        let bundle_dir = policy.dir.path().join("bundle");
+        bundle(&bundle_dir, &["sleep", "600"], json!({}));
+        let pid_file = policy.dir.path().join("init.pid");
+        SmallDisk {
+            policy,
+            inv_dir,
+            bundle: bundle_dir,
+            pid_file,
+        }
+    }
+
+    /// Takes every block but `leave` bytes with a file named `fill`.
+    fn fill(&self, leave: &str) -> std::path::PathBuf {
+        let fill = self.inv_dir.join("fill");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=4k"])
+            .arg(format!("of={}", fill.display()))
+            .stderr(Stdio::null())
+            .status();
+        if leave != "0" {
+            ok(Command::new("truncate")
+                .arg(format!("-s-{leave}"))
+                .arg(&fill));
+        }
+        fill
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.inv_dir).status();
+    }
+}
+
 /// The inventory's filesystem is full: a create fails with SQLite's reason (or is
 /// admitted unrecorded under `on_error = "admit"`), deletes and the rest work, and
 /// once there is room again nothing is left behind.
@@ -383,35 +435,17 @@ fn disk_full_under_the_inventory() {
     if !require("fault_disk_full", &["runc", "mount", "dd"], &[]) {
         return;
     }
-    let policy = Policy::write(None, "");
-    let inv_dir = policy.inventory.parent().unwrap().to_path_buf();
-    fs::create_dir_all(&inv_dir).unwrap();
-    ok(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
-        .arg(&inv_dir));
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _mount = Unmount(inv_dir.clone());
-    let rt = Rt::new(&policy);
-    let b = policy.dir.path().join("bundle");
-    bundle(&b, &["sleep", "600"], json!({}));
-    let pid_file = policy.dir.path().join("init.pid");
-    rt.create_detached(&b, &pid_file, "before");
+    let disk = SmallDisk::new();
+    let (policy, inv_dir) = (&disk.policy, &disk.inv_dir);
+    let rt = Rt::new(policy);
+    let (b, pid_file) = (&disk.bundle, &disk.pid_file);
+    rt.create_detached(b, pid_file, "before");
     // The WAL folded in and emptied, then every block taken.
     rusqlite::Connection::open(&policy.inventory)
         .unwrap()
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
-    let fill = inv_dir.join("fill");
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=4k"])
-        .arg(format!("of={}", fill.display()))
-        .stderr(Stdio::null())
-        .status();
+    let fill = disk.fill("0");
 
     let b2 = policy.dir.path().join("bundle2");
     bundle(&b2, &["sleep", "600"], json!({}));
@@ -441,7 +475,7 @@ fn disk_full_under_the_inventory() {
 
     // on_error = "admit": admitted, said in the log.
     policy.append("\n[admission]\non_error = \"admit\"\n");
-    rt.create_detached(&b2, &pid_file, "admitted-full");
+    rt.create_detached(&b2, pid_file, "admitted-full");
     let log = fs::read_to_string(&rt.log).unwrap();
     assert!(
         log.contains(
@@ -455,10 +489,104 @@ fn disk_full_under_the_inventory() {
     fs::remove_file(&fill).unwrap();
     policy.cli(&["gc"]);
     assert!(policy.live().is_empty(), "{:?}", policy.live());
-    rt.create_detached(&b2, &pid_file, "after");
+    rt.create_detached(&b2, pid_file, "after");
     assert_eq!(policy.live().len(), 1);
     ok(&mut rt.cmd(&["delete", "--force", "after"]));
     assert!(policy.live().is_empty());
+}
+
+/// The inventory's filesystem fills up just before a delete whose housekeeping is due:
+/// the delete succeeds and says nothing to the engine, and the housekeeping, which
+/// runs after it, says why the WAL was not folded in to the system log (`/dev/log`,
+/// bound here as journald or rsyslog would). The next delete with room does it.
+#[test]
+fn housekeeping_on_a_full_disk_says_so_in_the_system_log() {
+    let syslog = Path::new(mlenv::syslog::SOCKET);
+    if !require(
+        "fault_housekeeping_syslog",
+        &["runc", "mount", "dd", "truncate"],
+        &[],
+    ) {
+        return;
+    }
+    if syslog.exists() {
+        // A syslog daemon of this host owns it: its messages are not this test's.
+        let msg = format!(
+            "fault_housekeeping_syslog: needs {} free (a syslog daemon listens there)",
+            syslog.display()
+        );
+        assert!(
+            std::env::var("MLENV_E2E_REQUIRED").as_deref() != Ok("1"),
+            "{msg}"
+        );
+        eprintln!("skipped: {msg}");
+        return;
+    }
+    let disk = SmallDisk::new();
+    let (policy, inv_dir) = (&disk.policy, &disk.inv_dir);
+    let rt = Rt::new(policy);
+    let (b, pid_file) = (&disk.bundle, &disk.pid_file);
+    // 1 KiB pages: a frame is a 24-byte header and a page, after a 32-byte header.
+    let wal = inv_dir.join("mlenv.db-wal");
+    let frames = || fs::metadata(&wal).map_or(0, |m| m.len().saturating_sub(32) / 1048);
+    // Containers come and go until one more end makes housekeeping due.
+    let mut n = 0;
+    let due = mlenv::inventory::WAL_SETTLE_FRAMES - 10;
+    while frames() < due {
+        let id = format!("c{n}");
+        rt.create_detached(b, pid_file, &id);
+        ok(&mut rt.cmd(&["delete", "--force", &id]));
+        n += 1;
+    }
+    rt.create_detached(b, pid_file, "last");
+    // Full but for 8 KiB: room for the end's few frames, not for the checkpoint, which
+    // writes every page in the WAL into a database file that holds almost none.
+    let fill = disk.fill("8k");
+
+    let listener = std::os::unix::net::UnixDatagram::bind(syslog).unwrap();
+    struct Unbind;
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(mlenv::syslog::SOCKET);
+        }
+    }
+    let _unbind = Unbind;
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let o = run(&mut rt.cmd(&["delete", "--force", "last"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "the engine hears nothing of housekeeping");
+    assert!(frames() > mlenv::inventory::WAL_SETTLE_FRAMES);
+    // Other tests' housekeeping may speak too: this inventory's line is the one.
+    let expected = format!(
+        "]: the WAL was not folded into the inventory (creates read it whole until it is): inventory {}: checkpointing the WAL: database or disk is full: the filesystem of {} is full; free space there",
+        policy.inventory.display(),
+        inv_dir.display()
+    );
+    let line = loop {
+        let mut buf = [0u8; 2048];
+        let len = listener
+            .recv(&mut buf)
+            .expect("a warning in the system log within 10 s");
+        let line = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if line.contains(&policy.inventory.display().to_string()) {
+            break line;
+        }
+    };
+    assert!(
+        line.starts_with("<28>mlenv-runtime[") && line.ends_with(&expected),
+        "{line}"
+    );
+
+    // Room again: the next delete's housekeeping folds the WAL in.
+    fs::remove_file(&fill).unwrap();
+    rt.create_detached(b, pid_file, "after");
+    ok(&mut rt.cmd(&["delete", "--force", "after"]));
+    until("the WAL folded in", || {
+        frames() <= mlenv::inventory::WAL_SETTLE_FRAMES
+    });
+    assert!(policy.live().is_empty(), "{:?}", policy.live());
 }
 
 /// While containers start one after another, the policy file is replaced by garbage

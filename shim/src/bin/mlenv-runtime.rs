@@ -136,7 +136,18 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         }
     };
     if let Some(due) = due {
-        after_exit(|| due.run(SystemClock.now_ms()));
+        after_exit(|| {
+            for w in due.run(SystemClock.now_ms()) {
+                // Said where someone may still read it: stderr when this is the
+                // delete itself (fork failed), the system log when it runs after.
+                eprintln!("mlenv: warning: {w}");
+                let _ = mlenv::syslog::warn(
+                    std::path::Path::new(mlenv::syslog::SOCKET),
+                    "mlenv-runtime",
+                    &w,
+                );
+            }
+        });
     }
     exit(code)
 }
@@ -382,8 +393,11 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
             // call: wait for it and record the end.
             match lowlevel::run(&runtime, args) {
                 Ok(code) => {
-                    if let Err(e) = create::record_end(inv, main, &clock, "exited") {
-                        eprintln!("mlenv: warning: container exited, but not marked ended in the inventory: {e}");
+                    match create::record_end(inv, main, &clock, "exited") {
+                        Ok(warnings) => warnings
+                            .iter()
+                            .for_each(|w| eprintln!("mlenv: warning: {w}")),
+                        Err(e) => eprintln!("mlenv: warning: container exited, but not marked ended in the inventory: {e}"),
                     }
                     exit(code)
                 }
