@@ -62,6 +62,33 @@ fn the_deb_installs_and_keeps_the_admins_policy() {
     assert_eq!(fs::read_to_string(&policy).unwrap(), edited);
 }
 
+/// The glibc binaries, and the test NVML library (as the driver's own does not), load
+/// no libgcc_s.so.1: packaging/static-libgcc.rs links libgcc in statically, which
+/// saves each start of mlenv-nvml and mlenv-hook on a container's path its loading.
+#[test]
+fn glibc_binaries_need_no_libgcc_s() {
+    if !require("package_static_libgcc", &["readelf"], &[]) {
+        return;
+    }
+    let dir = Path::new(cli()).parent().unwrap();
+    let target_dir = Path::new(env!("CARGO_BIN_EXE_mlenv")).parent().unwrap();
+    let files = [
+        dir.join("mlenv"),
+        dir.join("mlenv-hook"),
+        dir.join("mlenv-nvml"),
+        mlenv::gpu::fake_nvml_path(target_dir),
+    ];
+    for f in &files {
+        let dynamic = ok(Command::new("readelf").arg("-d").arg(f));
+        assert!(dynamic.contains("(NEEDED)"), "{}: {dynamic}", f.display());
+        assert!(
+            !dynamic.contains("libgcc_s"),
+            "{} needs libgcc_s: {dynamic}",
+            f.display()
+        );
+    }
+}
+
 /// The .rpm of packaging/build-rpm.sh: the same files, the policy a
 /// %config(noreplace) file.
 #[test]
