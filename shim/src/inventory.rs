@@ -26,7 +26,7 @@ use std::time::Duration;
 /// a create and its end change some 11 pages for rows of a few hundred bytes, 11 KiB
 /// of WAL at 1 KiB against 37 KiB at SQLite's default 4 KiB, which inventories made
 /// before schema version 7 keep (docs/benchmarks.md).
-const NEW_PAGE_SIZE: u32 = 1024;
+pub const NEW_PAGE_SIZE: u32 = 1024;
 
 /// The WAL frames past which a create checkpoints it itself: only reached when no
 /// delete has.
@@ -324,6 +324,16 @@ fn sql_error(path: &Path, what: &'static str, source: rusqlite::Error) -> Invent
         what,
         source,
     }
+}
+
+/// The frames in the WAL of the inventory at `path` whose pages are `page_size`
+/// bytes (0 when there is none), from its size: a 32-byte header, then each frame a
+/// 24-byte header and a page.
+pub fn wal_frames_at(path: &Path, page_size: u64) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let bytes = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    bytes.saturating_sub(32) / (page_size.max(512) + 24)
 }
 
 /// Another connection holds what the statement needs: it may succeed later.
@@ -672,13 +682,9 @@ impl Inventory {
         Ok(())
     }
 
-    /// The frames in the WAL (0 when there is none), from its size: a 32-byte header,
-    /// then each frame a 24-byte header and a page.
+    /// The frames in the WAL (0 when there is none).
     pub fn wal_frames(&self) -> u64 {
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        let bytes = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        bytes.saturating_sub(32) / (self.page_size.max(512) + 24)
+        wal_frames_at(&self.path, self.page_size)
     }
 
     /// Whether [`settle`](Self::settle)`(true)` would checkpoint: the WAL is past
@@ -775,10 +781,7 @@ impl Inventory {
             }
             match self.conn.pragma_update(None, "journal_mode", "WAL") {
                 Ok(()) => break,
-                Err(e)
-                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(2))
                 }
                 Err(e) => return Err(self.sql("enabling WAL", e)),

@@ -84,6 +84,12 @@ pub fn require(test: &str, tools: &[&str], env: &[&str]) -> bool {
             missing.push(format!("${e} (run tests/e2e-env.sh start)"));
         }
     }
+    runnable(test, &missing)
+}
+
+/// Whether a test can run, given what it lacks (`missing`, each named). Otherwise it
+/// is skipped with a message, or fails when MLENV_E2E_REQUIRED=1.
+pub fn runnable(test: &str, missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }
