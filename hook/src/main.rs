@@ -32,6 +32,12 @@ fn main() -> ExitCode {
             &ProcHost::default(),
         )
     });
+    let result = result.map(|ran| {
+        for w in &ran.warnings {
+            mlenv::syslog::warn_admin("mlenv-hook", "mlenv-hook", w);
+        }
+        ran.outcome
+    });
     match result {
         Ok(Outcome::Refused(why)) => {
             eprintln!("mlenv: refused: {why}");

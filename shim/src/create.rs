@@ -280,11 +280,7 @@ pub fn decide(
             Err(e) => break Err(e),
         };
         if let Some(aside) = &inventory.set_aside {
-            let msg = format!(
-                "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
-                policy.inventory.path.display(),
-                aside.moved_to.display()
-            );
+            let msg = aside.warning(&policy.inventory.path);
             log.warn(&format!("mlenv: warning: {msg}"), now);
             notes.push(msg);
         }
@@ -708,7 +704,8 @@ pub const NOT_CREATED: &str = "not created: the runtime failed";
 
 /// After a successful `delete` (or a foreground `run` that returned), the container no
 /// longer counts. Best effort: a broken policy or inventory must never make a delete
-/// fail. Returns the warnings of housekeeping done on the way ([`Housekeeping::run`]).
+/// fail. Returns the warnings of the inventory's opening ([`Ending::warnings`]) and
+/// of housekeeping done on the way ([`Housekeeping::run`]).
 pub fn record_end(
     inv: &Invocation,
     main: &Path,
@@ -720,10 +717,11 @@ pub fn record_end(
         return Ok(Vec::new());
     };
     ending.record(clock.now_ms(), reason)?;
-    Ok(ending
-        .close()
-        .map(|due| due.run(clock.now_ms()))
-        .unwrap_or_default())
+    let mut warnings = ending.warnings();
+    if let Some(due) = ending.close() {
+        warnings.extend(due.run(clock.now_ms()));
+    }
+    Ok(warnings)
 }
 
 /// The bookkeeping of a delete, in steps: [`Ending::open`] while the runtime deletes
@@ -758,6 +756,17 @@ impl Ending {
             root: inv.root_text(),
             retention_days: lenient.retention(),
         }))
+    }
+
+    /// What the admin is to hear of the opening: a corrupt inventory moved aside (the
+    /// delete ends nothing in the new one, and says so nowhere else).
+    pub fn warnings(&self) -> Vec<String> {
+        let path = self.inventory.path();
+        self.inventory
+            .set_aside
+            .iter()
+            .map(|aside| aside.warning(path))
+            .collect()
     }
 
     pub fn record(&mut self, now_ms: i64, reason: &str) -> Result<(), String> {
@@ -802,6 +811,9 @@ impl Housekeeping {
                 return warnings;
             }
         };
+        if let Some(aside) = &inventory.set_aside {
+            warnings.push(aside.warning(&self.path));
+        }
         if let Some(days) = self.retention_days {
             if let Err(e) = inventory.prune_if_due(now_ms, days) {
                 warnings.push(format!("old decisions not pruned: {e}"));
@@ -1087,6 +1099,44 @@ mod tests {
         record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap();
         let db = Inventory::open(&f.dir.path().join("inv/mlenv.db")).unwrap();
         assert!(db.live().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_delete_and_housekeeping_say_they_moved_a_corrupt_inventory_aside() {
+        let f = fixture("", spec());
+        let path = f.dir.path().join("inv/mlenv.db");
+        run_create(&f, "c8", &host(), &mut RuncLog::stderr_only()).unwrap();
+        let corrupt = || {
+            fs::write(&path, vec![0x5a_u8; 8192]).unwrap();
+            let _ = fs::remove_file(path.with_extension("db-wal"));
+        };
+        let said = |n: usize| {
+            let mut aside = Inventory::set_aside_files(&path);
+            assert_eq!(aside.len(), n, "{aside:?}");
+            aside.sort();
+            format!(
+                "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
+                path.display(),
+                aside[n - 1].display()
+            )
+        };
+        corrupt();
+        let del = scan(&["--root", "/run/r", "delete", "c8"].map(OsString::from));
+        assert_eq!(
+            record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap(),
+            vec![said(1)]
+        );
+        // Nothing in the new one to end, nothing more to say.
+        assert_eq!(
+            record_end(&del, &f.main, &FixedClock(9), "deleted").unwrap(),
+            Vec::<String>::new()
+        );
+        corrupt();
+        let due = Housekeeping {
+            path: path.clone(),
+            retention_days: Some(30),
+        };
+        assert_eq!(due.run(10), vec![said(2)]);
     }
 
     #[test]

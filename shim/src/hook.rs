@@ -88,6 +88,32 @@ pub enum Outcome {
     Nothing,
 }
 
+/// What the hook did, and what the admin is to hear of it: an engine keeps a hook's
+/// stderr only when the hook fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub outcome: Outcome,
+    pub warnings: Vec<String>,
+}
+
+impl From<Outcome> for Ran {
+    fn from(outcome: Outcome) -> Ran {
+        Ran {
+            outcome,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// What an inventory just opened at `path` has to say: a corrupt one moved aside.
+fn opening_warnings(inventory: &Inventory, path: &Path) -> Vec<String> {
+    inventory
+        .set_aside
+        .iter()
+        .map(|aside| aside.warning(path))
+        .collect()
+}
+
 /// Runs the hook. `recorded`: mlenv-runtime added this hook to a container it
 /// admitted (`--recorded`), so there is nothing to decide.
 pub fn run(
@@ -97,18 +123,26 @@ pub fn run(
     main: &Path,
     clock: &dyn Clock,
     host: &dyn Host,
-) -> Result<Outcome, HookError> {
+) -> Result<Ran, HookError> {
     let inventory_path = policy::lenient(main).inventory();
     match stage {
-        Stage::Other => Ok(Outcome::Nothing),
+        Stage::Other => Ok(Outcome::Nothing.into()),
         Stage::Poststop => {
             if !inventory_path.exists() {
-                return Ok(Outcome::Ended(0));
+                return Ok(Outcome::Ended(0).into());
             }
             let mut inv = Inventory::open(&inventory_path)?;
+            let mut warnings = opening_warnings(&inv, &inventory_path);
             let n = inv.end_any(&state.id, clock.now_ms(), "stopped (poststop hook)")?;
-            inv.settle(true);
-            Ok(Outcome::Ended(n))
+            if let Err(e) = inv.try_settle(true) {
+                warnings.push(format!(
+                    "the WAL was not folded into the inventory (creates read it whole until it is): {e}"
+                ));
+            }
+            Ok(Ran {
+                outcome: Outcome::Ended(n),
+                warnings,
+            })
         }
         Stage::Create => {
             let pid = state
@@ -120,7 +154,10 @@ pub fn run(
                 let mut inventory = Inventory::open(&inventory_path)?;
                 if recorded || inventory.is_live(&state.id)? {
                     inventory.started(&state.id, (pid, start))?;
-                    return Ok(Outcome::Recorded);
+                    return Ok(Ran {
+                        outcome: Outcome::Recorded,
+                        warnings: opening_warnings(&inventory, &inventory_path),
+                    });
                 }
             }
             let inv = Invocation {
@@ -137,9 +174,11 @@ pub fn run(
             };
             let mut log = RuncLog::stderr_only();
             let mode = Mode::Hook { init: (pid, start) };
+            // A corrupt inventory met here is said in the decision and on stderr,
+            // which a refusal reaches the user with.
             match create::decide(mode, &inv, &state.bundle, main, clock, host, &mut log)?.0 {
-                Verdict::Admitted { .. } => Ok(Outcome::Admitted),
-                Verdict::Refused(why) => Ok(Outcome::Refused(why)),
+                Verdict::Admitted { .. } => Ok(Outcome::Admitted.into()),
+                Verdict::Refused(why) => Ok(Outcome::Refused(why).into()),
             }
         }
     }
@@ -209,7 +248,9 @@ mod tests {
         let clock = FixedClock(7);
         let a = state("a", Some(me), "creating", &bundle);
         assert_eq!(
-            run(Stage::Create, &a, false, &main, &clock, &live).unwrap(),
+            run(Stage::Create, &a, false, &main, &clock, &live)
+                .unwrap()
+                .outcome,
             Outcome::Admitted
         );
         assert_eq!(
@@ -222,7 +263,10 @@ mod tests {
         let kept = fs::read_to_string(policy::last_known_good_path(&main)).unwrap();
         assert!(kept.contains("default_memory = \"1G\""), "{kept}");
         let b = state("b", Some(me), "creating", &bundle);
-        match run(Stage::Create, &b, false, &main, &clock, &live).unwrap() {
+        match run(Stage::Create, &b, false, &main, &clock, &live)
+            .unwrap()
+            .outcome
+        {
             Outcome::Refused(why) => assert!(
                 why.starts_with("quota project=p: 1 of 1 containers live"),
                 "{why}"
@@ -232,7 +276,9 @@ mod tests {
         // A second create stage for the same container (prestart then createRuntime)
         // records, it does not decide again.
         assert_eq!(
-            run(Stage::Create, &a, false, &main, &clock, &live).unwrap(),
+            run(Stage::Create, &a, false, &main, &clock, &live)
+                .unwrap()
+                .outcome,
             Outcome::Recorded
         );
         let inv = Inventory::open(&inventory).unwrap();
@@ -241,15 +287,21 @@ mod tests {
         // Poststop has no pid; it ends the row and frees the quota.
         let stopped = state("a", None, "stopped", &bundle);
         assert_eq!(
-            run(Stage::Poststop, &stopped, false, &main, &clock, &live).unwrap(),
+            run(Stage::Poststop, &stopped, false, &main, &clock, &live)
+                .unwrap()
+                .outcome,
             Outcome::Ended(1)
         );
         assert_eq!(
-            run(Stage::Poststop, &stopped, false, &main, &clock, &live).unwrap(),
+            run(Stage::Poststop, &stopped, false, &main, &clock, &live)
+                .unwrap()
+                .outcome,
             Outcome::Ended(0)
         );
         assert_eq!(
-            run(Stage::Create, &b, false, &main, &clock, &live).unwrap(),
+            run(Stage::Create, &b, false, &main, &clock, &live)
+                .unwrap()
+                .outcome,
             Outcome::Admitted
         );
 
@@ -261,7 +313,7 @@ mod tests {
         let c = state("c", Some(me), "creating", &bundle);
         // A maximum caps a container without a limit: from a hook that is a refusal
         // naming what to ask for.
-        match run(Stage::Create, &c, false, &main, &clock, &live).unwrap() {
+        match run(Stage::Create, &c, false, &main, &clock, &live).unwrap().outcome {
             Outcome::Refused(why) => assert_eq!(why, "mlenv-hook cannot change a container that exists: memory limit set to the default 4G; ask for it in the run command, or register mlenv-runtime with the engine"),
             other => panic!("{other:?}"),
         }
@@ -269,7 +321,10 @@ mod tests {
         big["linux"]["resources"] = serde_json::json!({"memory": {"limit": 8589934592u64}});
         fs::write(bundle.join("config.json"), big.to_string()).unwrap();
         let d = state("d", Some(me), "creating", &bundle);
-        match run(Stage::Create, &d, false, &main, &clock, &live).unwrap() {
+        match run(Stage::Create, &d, false, &main, &clock, &live)
+            .unwrap()
+            .outcome
+        {
             Outcome::Refused(why) => assert!(
                 why.contains("memory limit 8G requested > 4G allowed ([limits] max_memory)"),
                 "{why}"
@@ -279,5 +334,45 @@ mod tests {
         // A gone init process is an error, not an admission.
         let gone = state("e", Some(u32::MAX - 1), "creating", &bundle);
         assert!(run(Stage::Create, &gone, false, &main, &clock, &live).is_err());
+    }
+
+    #[test]
+    fn poststop_says_it_moved_a_corrupt_inventory_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("mlenv.toml");
+        let inventory = dir.path().join("inv/mlenv.db");
+        fs::write(&main, format!("[inventory]\npath = {inventory:?}\n")).unwrap();
+        fs::create_dir_all(inventory.parent().unwrap()).unwrap();
+        fs::write(&inventory, vec![0x5a_u8; 8192]).unwrap();
+        let stopped = state("a", None, "stopped", dir.path());
+        let live = crate::host::ProcHost::default();
+        let ran = run(
+            Stage::Poststop,
+            &stopped,
+            false,
+            &main,
+            &FixedClock(7),
+            &live,
+        )
+        .unwrap();
+        let aside = Inventory::set_aside_files(&inventory);
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(ran.outcome, Outcome::Ended(0));
+        assert_eq!(ran.warnings, vec![format!(
+            "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
+            inventory.display(),
+            aside[0].display()
+        )]);
+        // The new one is sound: nothing more to say.
+        let ran = run(
+            Stage::Poststop,
+            &stopped,
+            false,
+            &main,
+            &FixedClock(8),
+            &live,
+        )
+        .unwrap();
+        assert_eq!(ran.warnings, Vec::<String>::new());
     }
 }

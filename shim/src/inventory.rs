@@ -365,6 +365,17 @@ pub struct SetAside {
     pub moved_to: PathBuf,
 }
 
+impl SetAside {
+    /// What the admin is told, by whichever call moved the inventory at `path` aside.
+    pub fn warning(&self, path: &Path) -> String {
+        format!(
+            "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
+            path.display(),
+            self.moved_to.display()
+        )
+    }
+}
+
 /// The suffix of an inventory moved aside: `mlenv.db.corrupt-<ms since the epoch>`.
 pub const CORRUPT_SUFFIX: &str = ".corrupt-";
 

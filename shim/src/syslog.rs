@@ -1,5 +1,6 @@
-//! Warnings from work that runs after mlenv-runtime has answered the engine (a
-//! delete's housekeeping), when nobody reads its stderr any more: sent to the local
+//! Warnings nobody may read on stderr: from work that runs after mlenv-runtime has
+//! answered the engine (a delete's housekeeping), and from calls whose stderr an
+//! engine keeps only when they fail (a delete, an update, a hook). Sent to the local
 //! syslog socket, where journald or rsyslog keep them (`journalctl -t mlenv-runtime`).
 
 use std::io;
@@ -27,6 +28,14 @@ pub fn warn(socket: &Path, ident: &str, msg: &str) -> io::Result<()> {
     let sock = UnixDatagram::unbound()?;
     sock.send_to(line(ident, std::process::id(), msg).as_bytes(), socket)?;
     Ok(())
+}
+
+/// A warning from a call that succeeds, for the admin: on stderr as `{prefix}: warning:
+/// {msg}` (an engine logs it at best), and in the system log from `ident`.
+pub fn warn_admin(prefix: &str, ident: &str, msg: &str) {
+    eprintln!("{prefix}: warning: {msg}");
+    // Nowhere else left to say it where nothing listens.
+    let _ = warn(Path::new(SOCKET), ident, msg);
 }
 
 #[cfg(test)]

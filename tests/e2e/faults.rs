@@ -16,6 +16,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A bundle of a container that sleeps, and a pid file for runc, in `policy`'s dir.
+fn sleeper(policy: &Policy) -> (std::path::PathBuf, std::path::PathBuf) {
+    let b = policy.dir.path().join("bundle");
+    bundle(&b, &["sleep", "600"], json!({}));
+    (b, policy.dir.path().join("init.pid"))
+}
+
+/// Garbage over the whole inventory, as a bad disk or a stray write leaves it.
+fn corrupt(inventory: &Path) {
+    fs::write(inventory, vec![0x5a_u8; 64 * 1024]).unwrap();
+    let _ = fs::remove_file(format!("{}-wal", inventory.display()));
+    let _ = fs::remove_file(format!("{}-shm", inventory.display()));
+}
+
 /// Polls `f` until it holds, 10 s at most: waiting for an event, not a guess.
 fn until(what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -234,9 +248,7 @@ fn inventory_locked_by_another_writer() {
     }
     let policy = Policy::write(None, "");
     let rt = Rt::new(&policy);
-    let b = policy.dir.path().join("bundle");
-    bundle(&b, &["sleep", "600"], json!({}));
-    let pid_file = policy.dir.path().join("init.pid");
+    let (b, pid_file) = sleeper(&policy);
     rt.create_detached(&b, &pid_file, "before");
 
     let mut holder = rusqlite::Connection::open(&policy.inventory).unwrap();
@@ -325,10 +337,7 @@ fn corrupt_inventory_is_moved_aside_and_reported() {
         return;
     };
     assert_eq!(docker(&["run", "--rm", IMAGE, "echo", "one"]), "one");
-    // Garbage over the whole file, as a bad disk or a stray write leaves it.
-    fs::write(&policy.inventory, vec![0x5a_u8; 64 * 1024]).unwrap();
-    let _ = fs::remove_file(format!("{}-wal", policy.inventory.display()));
-    let _ = fs::remove_file(format!("{}-shm", policy.inventory.display()));
+    corrupt(&policy.inventory);
     docker(&[
         "run",
         "-d",
@@ -500,19 +509,12 @@ fn disk_full_under_the_inventory() {
 #[test]
 fn housekeeping_on_a_full_disk_says_so_in_the_system_log() {
     let test = "fault_housekeeping_syslog";
-    let syslog = Path::new(mlenv::syslog::SOCKET);
     if !require(test, &["runc", "mount", "dd", "truncate"], &[]) {
         return;
     }
-    // A syslog daemon of this host owns it: its messages are not this test's.
-    let taken: Vec<String> = syslog
-        .exists()
-        .then(|| format!("{} free (a syslog daemon listens there)", syslog.display()))
-        .into_iter()
-        .collect();
-    if !runnable(test, &taken) {
+    let Some(syslog) = syslog(test) else {
         return;
-    }
+    };
     let disk = SmallDisk::new();
     let (policy, inv_dir) = (&disk.policy, &disk.inv_dir);
     let rt = Rt::new(policy);
@@ -533,37 +535,17 @@ fn housekeeping_on_a_full_disk_says_so_in_the_system_log() {
     // writes every page in the WAL into a database file that holds almost none.
     let fill = disk.fill(8);
 
-    let listener = std::os::unix::net::UnixDatagram::bind(syslog).unwrap();
-    struct Unbind;
-    impl Drop for Unbind {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(mlenv::syslog::SOCKET);
-        }
-    }
-    let _unbind = Unbind;
-    listener
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let o = run(&mut rt.cmd(&["delete", "--force", "last"]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o), "", "the engine hears nothing of housekeeping");
     assert!(frames() > mlenv::inventory::WAL_SETTLE_FRAMES);
-    // Other tests' housekeeping may speak too: this inventory's line is the one.
+    // Other tests' mlenv calls may speak too: this inventory's line is the one.
     let expected = format!(
         "]: the WAL was not folded into the inventory (creates read it whole until it is): inventory {}: checkpointing the WAL: database or disk is full: the filesystem of {} is full; free space there",
         policy.inventory.display(),
         inv_dir.display()
     );
-    let line = loop {
-        let mut buf = [0u8; 2048];
-        let len = listener
-            .recv(&mut buf)
-            .expect("a warning in the system log within 10 s");
-        let line = String::from_utf8_lossy(&buf[..len]).into_owned();
-        if line.contains(&policy.inventory.display().to_string()) {
-            break line;
-        }
-    };
+    let line = syslog.line_with(&format!("inventory {}:", policy.inventory.display()));
     assert!(
         line.starts_with("<28>mlenv-runtime[") && line.ends_with(&expected),
         "{line}"
@@ -576,6 +558,93 @@ fn housekeeping_on_a_full_disk_says_so_in_the_system_log() {
     until("the WAL folded in", || {
         frames() <= mlenv::inventory::WAL_SETTLE_FRAMES
     });
+    assert!(policy.live().is_empty(), "{:?}", policy.live());
+}
+
+/// A corrupt inventory met by a delete, or by the hook at poststop or recording a
+/// container's init, is moved aside and a new one started, as by a create. Each call
+/// still succeeds, and says so on stderr and in the system log: an engine keeps a
+/// runtime's or a hook's stderr only when the call fails.
+#[test]
+fn corrupt_inventory_met_by_a_delete_or_the_hook_is_said_in_the_system_log() {
+    let test = "fault_corrupt_syslog";
+    if !require(test, &["runc"], &[]) {
+        return;
+    }
+    let Some(syslog) = syslog(test) else {
+        return;
+    };
+    let policy = Policy::write(None, "");
+    let rt = Rt::new(&policy);
+    let (b, pid_file) = sleeper(&policy);
+    let inv = &policy.inventory;
+    // What each call says, naming the file it moved the inventory to: the newest.
+    let said = || {
+        let mut aside = mlenv::inventory::Inventory::set_aside_files(inv);
+        aside.sort();
+        format!(
+            "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
+            inv.display(),
+            aside.last().expect("the corrupt inventory moved aside").display()
+        )
+    };
+    let hook = |args: &[&str], state: serde_json::Value| {
+        let mut c = Command::new(Path::new(runtime()).with_file_name("mlenv-hook"));
+        c.env("MLENV_CONFIG", &policy.main)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            state.to_string().as_bytes(),
+        )
+        .unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    // A delete.
+    rt.create_detached(&b, &pid_file, "c1");
+    corrupt(inv);
+    let o = run(&mut rt.cmd(&["delete", "--force", "c1"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let msg = said();
+    assert!(
+        stderr(&o).contains(&format!("mlenv: warning: {msg}")),
+        "{}",
+        stderr(&o)
+    );
+    let line = syslog.line_with(&msg);
+    assert!(line.starts_with("<28>mlenv-runtime["), "{line}");
+    assert!(line.ends_with(&format!("]: {msg}")), "{line}");
+
+    // The hook at poststop.
+    corrupt(inv);
+    let o = hook(
+        &["poststop"],
+        json!({"id": "c2", "bundle": b, "status": "stopped"}),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let msg = said();
+    assert!(
+        stderr(&o).contains(&format!("mlenv-hook: warning: {msg}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(syslog.line_with(&msg).starts_with("<28>mlenv-hook["));
+
+    // The hook recording the init process of a container mlenv-runtime admitted (this
+    // test process stands in for it).
+    corrupt(inv);
+    let o = hook(
+        &["createRuntime", "--recorded"],
+        json!({"id": "c3", "pid": std::process::id(), "bundle": b, "status": "creating"}),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let msg = said();
+    assert!(syslog.line_with(&msg).starts_with("<28>mlenv-hook["));
+    assert_eq!(mlenv::inventory::Inventory::set_aside_files(inv).len(), 3);
     assert!(policy.live().is_empty(), "{:?}", policy.live());
 }
 

@@ -274,3 +274,81 @@ pub fn engine_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `/dev/log` bound by this test process, as journald or rsyslog would bind it: one
+/// listener for every test that reads the system log, each looking through the lines
+/// for its own (tests run in parallel, and other tests' mlenv calls may speak too).
+pub struct Syslog {
+    lines: Mutex<Vec<String>>,
+    arrived: std::sync::Condvar,
+}
+
+/// The shared listener, or None where it cannot be had (a syslog daemon of this host
+/// listens there, or not root): the test is skipped, or fails under
+/// MLENV_E2E_REQUIRED=1. Removed when the test process exits.
+pub fn syslog(test: &str) -> Option<&'static Syslog> {
+    static LOG: OnceLock<Result<&'static Syslog, String>> = OnceLock::new();
+    let got = LOG.get_or_init(|| {
+        let path = Path::new(mlenv::syslog::SOCKET);
+        let taken = || format!("{} free (a syslog daemon listens there)", path.display());
+        // Bound by a live listener: connecting to it succeeds, and sends nothing.
+        if path.exists() {
+            let probe = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
+            match probe.connect(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    // Left by an earlier run that was killed.
+                    fs::remove_file(path)
+                        .map_err(|e| format!("{} removable: {e}", path.display()))?
+                }
+                _ => return Err(taken()),
+            }
+        }
+        let sock = std::os::unix::net::UnixDatagram::bind(path).map_err(|_| taken())?;
+        extern "C" fn unbind() {
+            let _ = fs::remove_file(mlenv::syslog::SOCKET);
+        }
+        // SAFETY: registers a plain function, run once at exit.
+        unsafe { libc::atexit(unbind) };
+        let log: &'static Syslog = Box::leak(Box::new(Syslog {
+            lines: Mutex::new(Vec::new()),
+            arrived: std::sync::Condvar::new(),
+        }));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lines.lock().unwrap().push(line);
+                log.arrived.notify_all();
+            }
+        });
+        Ok(log)
+    });
+    let missing: Vec<String> = match got {
+        _ if !nix_is_root() => vec!["root".into()],
+        Ok(_) => Vec::new(),
+        Err(why) => vec![why.clone()],
+    };
+    if !runnable(test, &missing) {
+        return None;
+    }
+    got.as_ref().ok().copied()
+}
+
+impl Syslog {
+    /// The first line containing `needle`, as it arrived, waiting for it 10 s at most.
+    pub fn line_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no line with {needle:?} in the system log within 10 s: {lines:?}"
+            );
+            lines = self.arrived.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+}

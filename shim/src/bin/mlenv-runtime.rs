@@ -119,11 +119,16 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     if code != 0 {
         exit(code);
     }
+    // The engine keeps a delete's stderr only when it fails: the system log too.
+    let warn = |msg: &str| mlenv::syslog::warn_admin("mlenv", "mlenv-runtime", msg);
     let not_ended = |e: String| {
-        eprintln!("mlenv: warning: container deleted, but not marked ended in the inventory: {e}")
+        warn(&format!(
+            "container deleted, but not marked ended in the inventory: {e}"
+        ))
     };
     let due = match ending {
         Ok(Some(mut ending)) => {
+            ending.warnings().iter().for_each(|w| warn(w));
             if let Err(e) = ending.record(SystemClock.now_ms(), "deleted") {
                 not_ended(e);
             }
@@ -320,6 +325,15 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         let host = proc_host.probe().ok();
         let recorded =
             mlenv::inventory::Inventory::open(&loaded.policy.inventory.path).and_then(|mut i| {
+                if let Some(aside) = &i.set_aside {
+                    let msg = aside.warning(&loaded.policy.inventory.path);
+                    log.warn(&format!("mlenv: warning: {msg}"), clock.now_ms());
+                    let _ = mlenv::syslog::warn(
+                        std::path::Path::new(mlenv::syslog::SOCKET),
+                        "mlenv-runtime",
+                        &msg,
+                    );
+                }
                 i.update_limits(
                     id,
                     inv.root_text().as_deref(),
