@@ -63,33 +63,43 @@ pub fn check(host: &dyn Host, t: &Tracked) -> Liveness {
     };
     for root in roots {
         let dir = Path::new(root).join(&t.container_id);
-        if let Some(text) = host.read(&dir.join("state.json")) {
-            // runc: the init process and its start time.
-            let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
-                return ALIVE; // being rewritten: runc replaces it atomically
-            };
-            let pid = state["init_process_pid"]
-                .as_u64()
-                .and_then(|p| u32::try_from(p).ok());
-            let start = state["init_process_start"].as_u64();
-            return match (pid, start) {
-                (Some(pid), Some(start)) if host.process_start(pid) == Some(start) => {
-                    Liveness::Alive {
-                        init: Some((pid, start)),
-                    }
-                }
-                (Some(_), Some(_)) => Liveness::Gone("its process is gone"),
-                _ => ALIVE,
-            };
-        }
-        if host.read(&dir.join("status")).is_some() {
-            // crun keeps a status file; its process is not checked.
-            return ALIVE;
+        // runc's state.json and crun's status: the init process and its start time
+        // (field 22 of /proc/PID/stat, as both read it), each file replaced by a rename.
+        for (file, pid_key, start_key) in [
+            ("state.json", "init_process_pid", "init_process_start"),
+            ("status", "pid", "process-start-time"),
+        ] {
+            if let Some(text) = host.read(&dir.join(file)) {
+                return from_state(host, &text, pid_key, start_key);
+            }
         }
     }
     match t.creator {
         Some((pid, start)) if host.process_start(pid) == Some(start) => Liveness::Creating,
         _ => Liveness::Gone("no runtime state"),
+    }
+}
+
+/// Liveness from a runtime's state file: its init process at `pid_key`, started at
+/// `start_key`.
+fn from_state(host: &dyn Host, text: &str, pid_key: &str, start_key: &str) -> Liveness {
+    // Unreadable (another runtime's file of that name): alive, nothing learned.
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(text) else {
+        return ALIVE;
+    };
+    let pid = state[pid_key].as_u64().and_then(|p| u32::try_from(p).ok());
+    // Older crun writes no start time; crun writes 0 where the process was gone.
+    let start = state[start_key].as_u64().filter(|&s| s != 0);
+    match (pid, start) {
+        (Some(pid), Some(start)) if host.process_start(pid) == Some(start) => Liveness::Alive {
+            init: Some((pid, start)),
+        },
+        (Some(_), Some(_)) => Liveness::Gone("its process is gone"),
+        // Without a start time a reused pid would pass: only a gone one tells.
+        (Some(pid), None) if pid > 0 && host.process_start(pid).is_none() => {
+            Liveness::Gone("its process is gone")
+        }
+        _ => ALIVE,
     }
 }
 
@@ -120,6 +130,23 @@ mod tests {
 
     fn stat(start: u64) -> String {
         crate::host::tests::proc_stat(77, start)
+    }
+
+    /// crun's status file, as libcrun writes it (`start`: None, as older crun).
+    fn crun(pid: u32, start: Option<u64>) -> String {
+        let mut v = serde_json::json!({
+            "pid": pid,
+            "cgroup-path": "/c1",
+            "rootfs": "/b/rootfs",
+            "systemd-cgroup": false,
+            "bundle": "/b",
+            "created": "2026-12-02T15:00:00.000000000Z",
+            "detached": true,
+        });
+        if let Some(s) = start {
+            v["process-start-time"] = s.into();
+        }
+        serde_json::to_string_pretty(&v).unwrap()
     }
 
     #[test]
@@ -183,6 +210,45 @@ mod tests {
                     init: Some((77, 5000)),
                 },
             ),
+            // crun's status, under its default root.
+            (
+                vec![
+                    ("run/crun/c1/status", crun(77, Some(5000))),
+                    ("proc/77/stat", stat(5000)),
+                ],
+                tracked(None, None),
+                Liveness::Alive {
+                    init: Some((77, 5000)),
+                },
+            ),
+            (
+                vec![
+                    ("run/crun/c1/status", crun(77, Some(5000))),
+                    ("proc/77/stat", stat(9999)),
+                ],
+                tracked(None, None),
+                Liveness::Gone("its process is gone"),
+            ),
+            (
+                vec![("r/c1/status", crun(77, Some(5000)))],
+                tracked(Some("/r"), None),
+                Liveness::Gone("its process is gone"),
+            ),
+            // An older crun, without the start time: only a gone pid tells.
+            (
+                vec![
+                    ("r/c1/status", crun(77, None)),
+                    ("proc/77/stat", stat(5000)),
+                ],
+                tracked(Some("/r"), None),
+                ALIVE,
+            ),
+            (
+                vec![("r/c1/status", crun(77, None))],
+                tracked(Some("/r"), None),
+                Liveness::Gone("its process is gone"),
+            ),
+            // A status file that is not crun's JSON: alive, nothing learned.
             (
                 vec![("run/crun/c1/status", "running".into())],
                 tracked(None, None),
