@@ -31,8 +31,9 @@ case "$profile" in
 esac
 cd "$repo"
 cargo build "${flags[@]}" --workspace --bins --examples
-# musl-gcc compiles the C of the -sys crates (SQLite) against musl's headers.
-env "CC_${musl//-/_}=musl-gcc" cargo build "${flags[@]}" -p mlenv --bin mlenv-runtime --target "$musl"
+# musl-gcc compiles the C of the -sys crates (SQLite) against musl's headers. Without
+# the `cdi` feature: mlenv-runtime calls `mlenv cdi` for that (shim/Cargo.toml).
+env "CC_${musl//-/_}=musl-gcc" cargo build "${flags[@]}" -p mlenv --no-default-features --bin mlenv-runtime --target "$musl"
 out=$repo/target/dist/$profile
 mkdir -p "$out"
 cp -f "target/$profile/mlenv" "target/$profile/mlenv-hook" "target/$profile/mlenv-nvml" "$out/"

@@ -20,6 +20,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// The resolution itself, with the container-device-interface crate.
+#[cfg(feature = "cdi")]
 pub mod resolve {
     use container_device_interface::cache::Cache;
     use serde_json::{json, Value};
@@ -238,6 +239,7 @@ mod tests {
     use crate::gpu::probe::tests::gpu;
 
     #[test]
+    #[cfg(feature = "cdi")]
     fn names_by_uuid_then_index_and_merges_edits_keeping_the_spec() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nvidia.json"), CDI).unwrap();
@@ -333,6 +335,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "cdi")]
     fn missing_specs_say_how_to_make_them() {
         let dir = tempfile::tempdir().unwrap();
         let err = resolve::devices(&[dir.path().to_path_buf()], "nvidia.com/gpu").unwrap_err();
