@@ -279,8 +279,7 @@ pub fn decide(
             Ok(i) => i,
             Err(e) => break Err(e),
         };
-        if let Some(aside) = &inventory.set_aside {
-            let msg = aside.warning(&policy.inventory.path);
+        if let Some(msg) = inventory.set_aside_warning() {
             log.warn(&format!("mlenv: warning: {msg}"), now);
             notes.push(msg);
         }
@@ -761,12 +760,7 @@ impl Ending {
     /// What the admin is to hear of the opening: a corrupt inventory moved aside (the
     /// delete ends nothing in the new one, and says so nowhere else).
     pub fn warnings(&self) -> Vec<String> {
-        let path = self.inventory.path();
-        self.inventory
-            .set_aside
-            .iter()
-            .map(|aside| aside.warning(path))
-            .collect()
+        self.inventory.set_aside_warning().into_iter().collect()
     }
 
     pub fn record(&mut self, now_ms: i64, reason: &str) -> Result<(), String> {
@@ -811,19 +805,13 @@ impl Housekeeping {
                 return warnings;
             }
         };
-        if let Some(aside) = &inventory.set_aside {
-            warnings.push(aside.warning(&self.path));
-        }
+        warnings.extend(inventory.set_aside_warning());
         if let Some(days) = self.retention_days {
             if let Err(e) = inventory.prune_if_due(now_ms, days) {
                 warnings.push(format!("old decisions not pruned: {e}"));
             }
         }
-        if let Err(e) = inventory.try_settle(true) {
-            warnings.push(format!(
-                "the WAL was not folded into the inventory (creates read it whole until it is): {e}"
-            ));
-        }
+        warnings.extend(inventory.settle_or_say());
         warnings
     }
 }

@@ -105,15 +105,6 @@ impl From<Outcome> for Ran {
     }
 }
 
-/// What an inventory just opened at `path` has to say: a corrupt one moved aside.
-fn opening_warnings(inventory: &Inventory, path: &Path) -> Vec<String> {
-    inventory
-        .set_aside
-        .iter()
-        .map(|aside| aside.warning(path))
-        .collect()
-}
-
 /// Runs the hook. `recorded`: mlenv-runtime added this hook to a container it
 /// admitted (`--recorded`), so there is nothing to decide.
 pub fn run(
@@ -132,13 +123,12 @@ pub fn run(
                 return Ok(Outcome::Ended(0).into());
             }
             let mut inv = Inventory::open(&inventory_path)?;
-            let mut warnings = opening_warnings(&inv, &inventory_path);
             let n = inv.end_any(&state.id, clock.now_ms(), "stopped (poststop hook)")?;
-            if let Err(e) = inv.try_settle(true) {
-                warnings.push(format!(
-                    "the WAL was not folded into the inventory (creates read it whole until it is): {e}"
-                ));
-            }
+            let warnings = inv
+                .set_aside_warning()
+                .into_iter()
+                .chain(inv.settle_or_say())
+                .collect();
             Ok(Ran {
                 outcome: Outcome::Ended(n),
                 warnings,
@@ -156,7 +146,7 @@ pub fn run(
                     inventory.started(&state.id, (pid, start))?;
                     return Ok(Ran {
                         outcome: Outcome::Recorded,
-                        warnings: opening_warnings(&inventory, &inventory_path),
+                        warnings: inventory.set_aside_warning().into_iter().collect(),
                     });
                 }
             }

@@ -365,17 +365,6 @@ pub struct SetAside {
     pub moved_to: PathBuf,
 }
 
-impl SetAside {
-    /// What the admin is told, by whichever call moved the inventory at `path` aside.
-    pub fn warning(&self, path: &Path) -> String {
-        format!(
-            "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
-            path.display(),
-            self.moved_to.display()
-        )
-    }
-}
-
 /// The suffix of an inventory moved aside: `mlenv.db.corrupt-<ms since the epoch>`.
 pub const CORRUPT_SUFFIX: &str = ".corrupt-";
 
@@ -703,6 +692,28 @@ impl Inventory {
     /// after it has returned.
     pub fn settle_due(&self) -> bool {
         self.wal_frames() > WAL_SETTLE_FRAMES
+    }
+
+    /// [`try_settle`](Self::try_settle)`(true)`, its failure as the admin is told it:
+    /// by the housekeeping after a delete, and by the hook at poststop.
+    pub fn settle_or_say(&mut self) -> Option<String> {
+        self.try_settle(true).err().map(|e| {
+            format!(
+                "the WAL was not folded into the inventory (creates read it whole until it is): {e}"
+            )
+        })
+    }
+
+    /// What the admin is told when this opening moved a corrupt inventory aside, by
+    /// whichever call opened it.
+    pub fn set_aside_warning(&self) -> Option<String> {
+        self.set_aside.as_ref().map(|aside| {
+            format!(
+                "inventory {} was corrupt: moved aside to {}; a new one was started, and containers already running are not counted until they are recreated",
+                self.path.display(),
+                aside.moved_to.display()
+            )
+        })
     }
 
     /// Checkpoints the WAL into the database and truncates it once it has grown past

@@ -325,8 +325,7 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
         let host = proc_host.probe().ok();
         let recorded =
             mlenv::inventory::Inventory::open(&loaded.policy.inventory.path).and_then(|mut i| {
-                if let Some(aside) = &i.set_aside {
-                    let msg = aside.warning(&loaded.policy.inventory.path);
+                if let Some(msg) = i.set_aside_warning() {
                     log.warn(&format!("mlenv: warning: {msg}"), clock.now_ms());
                     let _ = mlenv::syslog::warn(
                         std::path::Path::new(mlenv::syslog::SOCKET),
