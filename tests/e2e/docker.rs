@@ -43,10 +43,15 @@ pub fn race(names: &[String], env: &str) -> Vec<std::process::Output> {
         .collect()
 }
 
-/// The busybox image, imported once from the test rootfs.
+/// The busybox image, imported once from the test rootfs. The test dockerd keeps its
+/// data between runs (/var/lib/mlenv-e2e): the image an earlier run imported, untagged
+/// now, is pruned, so that runs do not pile them up.
 fn image() {
     static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| import_rootfs(&mut docker_cmd(&["import", "-", IMAGE])));
+    DONE.get_or_init(|| {
+        import_rootfs(&mut docker_cmd(&["import", "-", IMAGE]));
+        ok(&mut docker_cmd(&["image", "prune", "--force"]));
+    });
 }
 
 /// Takes the engines for this test: the lock, the image, and a policy of its own at
