@@ -8,6 +8,7 @@
 use mlenv::clock::SystemClock;
 use mlenv::hook::{self, HookError, Outcome, Stage, State};
 use mlenv::host::ProcHost;
+use mlenv::runclog::RuncLog;
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ fn main() -> ExitCode {
             &main,
             &SystemClock,
             &ProcHost::default(),
+            &mut RuncLog::stderr_only()
+                .with_syslog(std::path::Path::new(mlenv::syslog::SOCKET), "mlenv-hook"),
         )
     });
     let result = result.map(|ran| {

@@ -90,8 +90,7 @@ fn load_policy(
         Err(error) => match policy::last_known_good_fallback(main) {
             Ok(None) => Err(CreateError::Policy(error)),
             Ok(Some(lkg)) => {
-                log.line(
-                    "warning",
+                log.warn(
                     &format!(
                         "mlenv: policy invalid: {error}; using the last known good policy {}",
                         lkg.files[0].display()

@@ -106,7 +106,8 @@ impl From<Outcome> for Ran {
 }
 
 /// Runs the hook. `recorded`: mlenv-runtime added this hook to a container it
-/// admitted (`--recorded`), so there is nothing to decide.
+/// admitted (`--recorded`), so there is nothing to decide. `log`: where a decision
+/// made here says its warnings (stderr, and the system log from mlenv-hook).
 pub fn run(
     stage: Stage,
     state: &State,
@@ -114,6 +115,7 @@ pub fn run(
     main: &Path,
     clock: &dyn Clock,
     host: &dyn Host,
+    log: &mut RuncLog,
 ) -> Result<Ran, HookError> {
     let inventory_path = policy::lenient(main).inventory();
     match stage {
@@ -162,11 +164,8 @@ pub fn run(
                 detach: false,
                 update: Vec::new(),
             };
-            let mut log = RuncLog::stderr_only();
             let mode = Mode::Hook { init: (pid, start) };
-            // A corrupt inventory met here is said in the decision and on stderr,
-            // which a refusal reaches the user with.
-            match create::decide(mode, &inv, &state.bundle, main, clock, host, &mut log)?.0 {
+            match create::decide(mode, &inv, &state.bundle, main, clock, host, log)?.0 {
                 Verdict::Admitted { .. } => Ok(Outcome::Admitted.into()),
                 Verdict::Refused(why) => Ok(Outcome::Refused(why).into()),
             }
@@ -179,6 +178,25 @@ mod tests {
     use super::*;
     use crate::clock::FixedClock;
     use std::fs;
+
+    /// [`run`] for a container mlenv-runtime did not admit, its log on stderr alone.
+    fn hook(
+        stage: Stage,
+        state: &State,
+        main: &Path,
+        clock: &dyn Clock,
+        host: &dyn Host,
+    ) -> Result<Ran, HookError> {
+        run(
+            stage,
+            state,
+            false,
+            main,
+            clock,
+            host,
+            &mut RuncLog::stderr_only(),
+        )
+    }
 
     fn state(id: &str, pid: Option<u32>, status: &str, bundle: &Path) -> State {
         State {
@@ -238,7 +256,7 @@ mod tests {
         let clock = FixedClock(7);
         let a = state("a", Some(me), "creating", &bundle);
         assert_eq!(
-            run(Stage::Create, &a, false, &main, &clock, &live)
+            hook(Stage::Create, &a, &main, &clock, &live)
                 .unwrap()
                 .outcome,
             Outcome::Admitted
@@ -253,7 +271,7 @@ mod tests {
         let kept = fs::read_to_string(policy::last_known_good_path(&main)).unwrap();
         assert!(kept.contains("default_memory = \"1G\""), "{kept}");
         let b = state("b", Some(me), "creating", &bundle);
-        match run(Stage::Create, &b, false, &main, &clock, &live)
+        match hook(Stage::Create, &b, &main, &clock, &live)
             .unwrap()
             .outcome
         {
@@ -266,7 +284,7 @@ mod tests {
         // A second create stage for the same container (prestart then createRuntime)
         // records, it does not decide again.
         assert_eq!(
-            run(Stage::Create, &a, false, &main, &clock, &live)
+            hook(Stage::Create, &a, &main, &clock, &live)
                 .unwrap()
                 .outcome,
             Outcome::Recorded
@@ -277,19 +295,19 @@ mod tests {
         // Poststop has no pid; it ends the row and frees the quota.
         let stopped = state("a", None, "stopped", &bundle);
         assert_eq!(
-            run(Stage::Poststop, &stopped, false, &main, &clock, &live)
+            hook(Stage::Poststop, &stopped, &main, &clock, &live)
                 .unwrap()
                 .outcome,
             Outcome::Ended(1)
         );
         assert_eq!(
-            run(Stage::Poststop, &stopped, false, &main, &clock, &live)
+            hook(Stage::Poststop, &stopped, &main, &clock, &live)
                 .unwrap()
                 .outcome,
             Outcome::Ended(0)
         );
         assert_eq!(
-            run(Stage::Create, &b, false, &main, &clock, &live)
+            hook(Stage::Create, &b, &main, &clock, &live)
                 .unwrap()
                 .outcome,
             Outcome::Admitted
@@ -303,7 +321,7 @@ mod tests {
         let c = state("c", Some(me), "creating", &bundle);
         // A maximum caps a container without a limit: from a hook that is a refusal
         // naming what to ask for.
-        match run(Stage::Create, &c, false, &main, &clock, &live).unwrap().outcome {
+        match hook(Stage::Create, &c, &main, &clock, &live).unwrap().outcome {
             Outcome::Refused(why) => assert_eq!(why, "mlenv-hook cannot change a container that exists: memory limit set to the default 4G; ask for it in the run command, or register mlenv-runtime with the engine"),
             other => panic!("{other:?}"),
         }
@@ -311,7 +329,7 @@ mod tests {
         big["linux"]["resources"] = serde_json::json!({"memory": {"limit": 8589934592u64}});
         fs::write(bundle.join("config.json"), big.to_string()).unwrap();
         let d = state("d", Some(me), "creating", &bundle);
-        match run(Stage::Create, &d, false, &main, &clock, &live)
+        match hook(Stage::Create, &d, &main, &clock, &live)
             .unwrap()
             .outcome
         {
@@ -323,7 +341,7 @@ mod tests {
         }
         // A gone init process is an error, not an admission.
         let gone = state("e", Some(u32::MAX - 1), "creating", &bundle);
-        assert!(run(Stage::Create, &gone, false, &main, &clock, &live).is_err());
+        assert!(hook(Stage::Create, &gone, &main, &clock, &live).is_err());
     }
 
     #[test]
@@ -336,15 +354,7 @@ mod tests {
         fs::write(&inventory, vec![0x5a_u8; 8192]).unwrap();
         let stopped = state("a", None, "stopped", dir.path());
         let live = crate::host::ProcHost::default();
-        let ran = run(
-            Stage::Poststop,
-            &stopped,
-            false,
-            &main,
-            &FixedClock(7),
-            &live,
-        )
-        .unwrap();
+        let ran = hook(Stage::Poststop, &stopped, &main, &FixedClock(7), &live).unwrap();
         let aside = Inventory::set_aside_files(&inventory);
         assert_eq!(aside.len(), 1, "{aside:?}");
         assert_eq!(ran.outcome, Outcome::Ended(0));
@@ -354,15 +364,7 @@ mod tests {
             aside[0].display()
         )]);
         // The new one is sound: nothing more to say.
-        let ran = run(
-            Stage::Poststop,
-            &stopped,
-            false,
-            &main,
-            &FixedClock(8),
-            &live,
-        )
-        .unwrap();
+        let ran = hook(Stage::Poststop, &stopped, &main, &FixedClock(8), &live).unwrap();
         assert_eq!(ran.warnings, Vec::<String>::new());
     }
 }

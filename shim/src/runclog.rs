@@ -7,11 +7,13 @@
 use crate::clock::rfc3339;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct RuncLog {
     file: Option<File>,
     json: bool,
+    /// Warnings also go to this syslog socket, from this ident.
+    syslog: Option<(PathBuf, &'static str)>,
 }
 
 impl RuncLog {
@@ -23,7 +25,11 @@ impl RuncLog {
             Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
             None => None,
         };
-        Ok(RuncLog { file, json })
+        Ok(RuncLog {
+            file,
+            json,
+            syslog: None,
+        })
     }
 
     /// A log that writes nowhere but stderr.
@@ -31,7 +37,16 @@ impl RuncLog {
         RuncLog {
             file: None,
             json: false,
+            syslog: None,
         }
+    }
+
+    /// Sends warnings to the syslog socket at `socket` too, from `ident`: an engine
+    /// shows what a runtime or a hook printed only when the call fails, and a warning
+    /// comes with a call that succeeds.
+    pub fn with_syslog(mut self, socket: &Path, ident: &'static str) -> RuncLog {
+        self.syslog = Some((socket.to_path_buf(), ident));
+        self
     }
 
     /// Writes one line at `level` to the log file.
@@ -49,10 +64,17 @@ impl RuncLog {
         let _ = writeln!(io::stderr(), "{msg}");
     }
 
-    /// A warning: to the log file and to stderr.
+    /// A warning: to the log file, to stderr, and to the system log where set
+    /// ([`with_syslog`](Self::with_syslog)), there without the `mlenv: warning: `
+    /// that the ident replaces.
     pub fn warn(&mut self, msg: &str, now_ms: i64) {
         self.line("warning", msg, now_ms);
         let _ = writeln!(io::stderr(), "{msg}");
+        if let Some((socket, ident)) = &self.syslog {
+            let bare = msg.strip_prefix("mlenv: warning: ").unwrap_or(msg);
+            // Nowhere else left to say it where nothing listens.
+            let _ = crate::syslog::warn(socket, ident, bare);
+        }
     }
 }
 
@@ -106,5 +128,38 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].contains("before"));
         assert!(lines[2].contains("\"two\""));
+    }
+
+    #[test]
+    fn warnings_reach_the_system_log_where_set_errors_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("log");
+        let listener = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut log = RuncLog::stderr_only().with_syslog(&socket, "mlenv-runtime");
+        log.error("mlenv: refused: no", 0);
+        log.warn("mlenv: warning: inventory moved aside", 0);
+        log.warn(
+            "mlenv: policy invalid: x; using the last known good policy /p",
+            0,
+        );
+        let mut buf = [0u8; 512];
+        let mut got = Vec::new();
+        while let Ok(n) = listener.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        let pid = std::process::id();
+        assert_eq!(
+            got,
+            [
+                format!("<28>mlenv-runtime[{pid}]: inventory moved aside"),
+                format!(
+                    "<28>mlenv-runtime[{pid}]: mlenv: policy invalid: x; using the last known good policy /p"
+                ),
+            ]
+        );
+        // Not set: nothing sent, and nothing fails.
+        RuncLog::stderr_only().warn("mlenv: warning: quiet", 0);
+        assert!(listener.recv(&mut buf).is_err());
     }
 }

@@ -561,12 +561,12 @@ fn housekeeping_on_a_full_disk_says_so_in_the_system_log() {
     assert!(policy.live().is_empty(), "{:?}", policy.live());
 }
 
-/// A corrupt inventory met by a delete, or by the hook at poststop or recording a
-/// container's init, is moved aside and a new one started, as by a create. Each call
-/// still succeeds, and says so on stderr and in the system log: an engine keeps a
-/// runtime's or a hook's stderr only when the call fails.
+/// A corrupt inventory met by a create, a delete, or the hook at poststop or recording
+/// a container's init, is moved aside and a new one started. Each call still
+/// succeeds, and says so on stderr and in the system log: an engine keeps a runtime's
+/// or a hook's stderr only when the call fails.
 #[test]
-fn corrupt_inventory_met_by_a_delete_or_the_hook_is_said_in_the_system_log() {
+fn corrupt_inventory_is_said_in_the_system_log_by_every_call() {
     let test = "fault_corrupt_syslog";
     if !require(test, &["runc"], &[]) {
         return;
@@ -604,8 +604,14 @@ fn corrupt_inventory_met_by_a_delete_or_the_hook_is_said_in_the_system_log() {
         child.wait_with_output().unwrap()
     };
 
-    // A delete.
+    // A create.
+    rt.create_detached(&b, &pid_file, "c0");
+    corrupt(inv);
     rt.create_detached(&b, &pid_file, "c1");
+    assert!(syslog.line_with(&said()).starts_with("<28>mlenv-runtime["));
+    ok(&mut rt.cmd(&["delete", "--force", "c0"]));
+
+    // A delete.
     corrupt(inv);
     let o = run(&mut rt.cmd(&["delete", "--force", "c1"]));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -644,7 +650,7 @@ fn corrupt_inventory_met_by_a_delete_or_the_hook_is_said_in_the_system_log() {
     assert!(o.status.success(), "{}", stderr(&o));
     let msg = said();
     assert!(syslog.line_with(&msg).starts_with("<28>mlenv-hook["));
-    assert_eq!(mlenv::inventory::Inventory::set_aside_files(inv).len(), 3);
+    assert_eq!(mlenv::inventory::Inventory::set_aside_files(inv).len(), 4);
     assert!(policy.live().is_empty(), "{:?}", policy.live());
 }
 

@@ -15,7 +15,7 @@ use mlenv::runclog::RuncLog;
 use mlenv::{lowlevel, policy};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::exit;
 
 /// As it ships, linked against musl, whose allocator hands memory back to the kernel
@@ -263,7 +263,8 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     use mlenv::update::Update;
     let clock = SystemClock;
     let mut log = RuncLog::open(inv.log.as_deref(), inv.log_is_json())
-        .unwrap_or_else(|_| RuncLog::stderr_only());
+        .unwrap_or_else(|_| RuncLog::stderr_only())
+        .with_syslog(Path::new(mlenv::syslog::SOCKET), "mlenv-runtime");
     let refuse = |log: &mut RuncLog, msg: &str| -> ! {
         log.error(&format!("mlenv: refused: {msg}"), clock.now_ms());
         exit(1)
@@ -327,11 +328,6 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
             mlenv::inventory::Inventory::open(&loaded.policy.inventory.path).and_then(|mut i| {
                 if let Some(msg) = i.set_aside_warning() {
                     log.warn(&format!("mlenv: warning: {msg}"), clock.now_ms());
-                    let _ = mlenv::syslog::warn(
-                        std::path::Path::new(mlenv::syslog::SOCKET),
-                        "mlenv-runtime",
-                        &msg,
-                    );
                 }
                 i.update_limits(
                     id,
@@ -382,7 +378,8 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
             eprintln!("mlenv: warning: cannot open the runtime log: {e}");
             RuncLog::stderr_only()
         }
-    };
+    }
+    .with_syslog(Path::new(mlenv::syslog::SOCKET), "mlenv-runtime");
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     // NVML through mlenv-nvml installed beside this one: this one is linked
     // statically, and cannot load it (docs/design.md).
