@@ -36,9 +36,7 @@ fn main() -> ExitCode {
         )
     });
     let result = result.map(|ran| {
-        for w in &ran.warnings {
-            mlenv::syslog::warn_admin("mlenv-hook", "mlenv-hook", w);
-        }
+        ran.warnings.iter().for_each(|w| warn(w));
         ran.outcome
     });
     match result {
@@ -50,7 +48,7 @@ fn main() -> ExitCode {
         // Bookkeeping never fails a container; a decision that cannot be made does
         // (fail closed).
         Err(e) if recorded || stage.is_some_and(|s| s != Stage::Create) => {
-            eprintln!("mlenv-hook: warning: {e}");
+            warn(&e.to_string());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -66,4 +64,10 @@ fn read_state() -> Result<State, HookError> {
         .read_to_string(&mut text)
         .map_err(|e| HookError::State(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| HookError::State(e.to_string()))
+}
+
+/// A warning for the admin, on stderr and in the system log: an engine keeps a hook's
+/// stderr only when the hook fails.
+fn warn(msg: &str) {
+    mlenv::syslog::warn_admin("mlenv-hook", "mlenv-hook", msg);
 }

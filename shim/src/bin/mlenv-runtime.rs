@@ -86,6 +86,13 @@ fn fail(inv: &argv::Invocation, msg: &str) -> ! {
     exit(1)
 }
 
+/// A warning for the admin, on stderr and in the system log: an engine keeps a
+/// runtime's stderr only when the call fails, and a warning comes with one that
+/// succeeds.
+fn warn(msg: &str) {
+    mlenv::syslog::warn_admin("mlenv", "mlenv-runtime", msg);
+}
+
 fn passthrough(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> ! {
     handover(inv, args, &lenient_runtime(inv, &policy::lenient(main)))
 }
@@ -119,8 +126,6 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     if code != 0 {
         exit(code);
     }
-    // The engine keeps a delete's stderr only when it fails: the system log too.
-    let warn = |msg: &str| mlenv::syslog::warn_admin("mlenv", "mlenv-runtime", msg);
     let not_ended = |e: String| {
         warn(&format!(
             "container deleted, but not marked ended in the inventory: {e}"
@@ -142,16 +147,9 @@ fn delete(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     };
     if let Some(due) = due {
         after_exit(|| {
-            for w in due.run(SystemClock.now_ms()) {
-                // Said where someone may still read it: stderr when this is the
-                // delete itself (fork failed), the system log when it runs after.
-                eprintln!("mlenv: warning: {w}");
-                let _ = mlenv::syslog::warn(
-                    std::path::Path::new(mlenv::syslog::SOCKET),
-                    "mlenv-runtime",
-                    &w,
-                );
-            }
+            // Read in the system log when this runs after the delete; on stderr
+            // too when it is the delete itself (fork failed).
+            due.run(SystemClock.now_ms()).iter().for_each(|w| warn(w));
         });
     }
     exit(code)
@@ -347,14 +345,14 @@ fn update(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
                 )
             });
         match recorded {
-            Ok(Ok(0)) => eprintln!(
-                "mlenv: warning: limits updated, but not checked against quotas: container {id} is not live in the inventory (created past mlenv, or before the inventory was started again)"
-            ),
+            Ok(Ok(0)) => warn(&format!(
+                "limits updated, but not checked against quotas: container {id} is not live in the inventory (created past mlenv, or before the inventory was started again)"
+            )),
             Ok(Ok(_)) => {}
             Ok(Err(refusals)) => refuse(&mut log, &refusals.join("; ")),
-            Err(e) => eprintln!(
-                "mlenv: warning: limits updated, but not checked against quotas or recorded in the inventory: {e}"
-            ),
+            Err(e) => warn(&format!(
+                "limits updated, but not checked against quotas or recorded in the inventory: {e}"
+            )),
         }
     }
     if let Some(bytes) = stdin {
@@ -375,7 +373,7 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
     let mut log = match RuncLog::open(inv.log.as_deref(), inv.log_is_json()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("mlenv: warning: cannot open the runtime log: {e}");
+            warn(&format!("cannot open the runtime log: {e}"));
             RuncLog::stderr_only()
         }
     }
@@ -404,10 +402,10 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
             match lowlevel::run(&runtime, args) {
                 Ok(code) => {
                     match create::record_end(inv, main, &clock, "exited") {
-                        Ok(warnings) => warnings
-                            .iter()
-                            .for_each(|w| eprintln!("mlenv: warning: {w}")),
-                        Err(e) => eprintln!("mlenv: warning: container exited, but not marked ended in the inventory: {e}"),
+                        Ok(warnings) => warnings.iter().for_each(|w| warn(w)),
+                        Err(e) => warn(&format!(
+                            "container exited, but not marked ended in the inventory: {e}"
+                        )),
                     }
                     exit(code)
                 }
@@ -432,7 +430,9 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
                             if let Err(e) =
                                 create::record_init(&mut inventory, id, &pid_file, &host)
                             {
-                                eprintln!("mlenv: warning: container created, but its init process is not recorded: {e}");
+                                warn(&format!(
+                                    "container created, but its init process is not recorded: {e}"
+                                ));
                             }
                         }
                         // Nothing was created, and the engine's delete will find
@@ -444,7 +444,7 @@ fn create(inv: &argv::Invocation, args: &[OsString], main: &std::path::Path) -> 
                                 clock.now_ms(),
                                 create::NOT_CREATED,
                             ) {
-                                eprintln!("mlenv: warning: container not created, but not marked ended in the inventory: {e}");
+                                warn(&format!("container not created, but not marked ended in the inventory: {e}"));
                             }
                         }
                         _ => {}
