@@ -336,13 +336,26 @@ pub(crate) mod tests {
         let Some(lib) = built(FAKE_NVML) else {
             return;
         };
-        // The names, from the source of nvml-wrapper-sys as this build uses it.
+        // The names, from the source of nvml-wrapper-sys as this build uses it. For
+        // this platform only: offline, cargo has the sources of no other platform's
+        // dependencies where it only ever built for this one (a fresh CI machine).
+        let platform = format!(
+            "{}-unknown-linux-{}",
+            std::env::consts::ARCH,
+            if cfg!(target_env = "musl") {
+                "musl"
+            } else {
+                "gnu"
+            }
+        );
         let meta = std::process::Command::new(env!("CARGO"))
             .args([
                 "metadata",
                 "--format-version",
                 "1",
                 "--offline",
+                "--filter-platform",
+                &platform,
                 "--manifest-path",
             ])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
