@@ -297,10 +297,13 @@ pub fn decide(
                     Some(r) => gpu_refusals.push(r.clone()),
                     // The engine put the GPUs it was asked for in place: lease them.
                     None if mode != Mode::Runtime => match &gpus.request {
-                        GpuRequest::Devices { .. } => {
-                            gpu_actions = vec![leased(&s.grant)];
-                            injected = Some(spec.clone());
-                        }
+                        GpuRequest::Devices { .. } => match share_in_place(&spec, &s.grant, policy) {
+                            None => {
+                                gpu_actions = vec![leased(&s.grant)];
+                                injected = Some(spec.clone());
+                            }
+                            Some(refusal) => gpu_refusals.push(refusal),
+                        },
                         other => gpu_refusals.push(format!(
                             "mlenv-hook cannot choose GPUs for a container that exists ({other} asked); name them (NVIDIA_VISIBLE_DEVICES=1), or register mlenv-runtime with the engine"
                         )),
@@ -625,6 +628,29 @@ impl Gpus {
         }
         Ok((out, actions))
     }
+}
+
+/// From a hook, on MPS GPUs: the refusal of a container that does not carry its share
+/// already (the variables and mounts mlenv-runtime would have written), naming the
+/// flags that give it. None where no share is granted, or the container carries it.
+fn share_in_place(
+    spec: &Spec,
+    grant: &[select::Granted],
+    policy: &crate::policy::Policy,
+) -> Option<String> {
+    let share = grant.first().and_then(|g| g.share)?;
+    let uuids: Vec<&str> = grant.iter().map(|g| g.uuid.as_str()).collect();
+    let missing = crate::gpu::mps::missing(spec, &uuids, share, &policy.mps);
+    (!missing.is_empty()).then(|| {
+        let indexes: Vec<String> = grant.iter().map(|g| g.index.to_string()).collect();
+        format!(
+            "mlenv-hook cannot give a container that exists its MPS share of GPU {} ({} pinned, {}% threads); run it with {}, or register mlenv-runtime with the engine",
+            indexes.join(","),
+            crate::units::ByteSize(share.memory),
+            share.threads,
+            missing.join(" ")
+        )
+    })
 }
 
 /// `GPUs 2,3 leased`.
@@ -1502,11 +1528,9 @@ mod tests {
         assert_eq!(inv.live().unwrap()[1].gpus, [2]);
     }
 
-    #[test]
-    fn gpu_device_nodes_on_an_mps_gpu_get_the_share_applied() {
-        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(FOUR_GPUS) else {
-            return;
-        };
+    /// GPU 2 of FOUR_GPUS shared through MPS, and a spec given its device node that
+    /// asks for an 8G share.
+    fn mps_gpu_2(lib: &Path) -> (serde_json::Value, Fixture) {
         let mut spec = spec();
         spec["linux"]["devices"] = serde_json::json!([
             {"path": "/dev/nvidia2", "type": "c", "major": 195, "minor": 2}
@@ -1516,6 +1540,15 @@ mod tests {
             &format!("[gpu]\nnvml_library = {lib:?}\n[mps]\ngpus = [2]\n"),
             spec.clone(),
         );
+        (spec, f)
+    }
+
+    #[test]
+    fn gpu_device_nodes_on_an_mps_gpu_get_the_share_applied() {
+        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(FOUR_GPUS) else {
+            return;
+        };
+        let (mut spec, f) = mps_gpu_2(&lib);
         let v = run_create(&f, "m1", &running(&["m1"]), &mut RuncLog::stderr_only()).unwrap();
         assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
         let w = written(&f);
@@ -1545,6 +1578,56 @@ mod tests {
             Verdict::Refused(r) => assert!(r.contains("shared through MPS"), "{r}"),
             v => panic!("{v:?}"),
         }
+    }
+
+    /// mlenv-hook alone (podman's hooks directory) cannot write the MPS share into a
+    /// container that exists: without it the GPU is refused, naming the flags that
+    /// give it; with them (podman's own mounts) it is leased.
+    #[test]
+    fn from_a_hook_an_mps_gpu_needs_its_share_in_the_run_command() {
+        let Some((_g, lib, _d)) = crate::gpu::probe::tests::fake_gpus(FOUR_GPUS) else {
+            return;
+        };
+        let (mut spec, f) = mps_gpu_2(&lib);
+        let hook = |id: &str| {
+            decide(
+                Mode::Hook { init: (77, 5000) },
+                &invocation(&f, id),
+                Path::new("/"),
+                &f.main,
+                &FixedClock(5),
+                &running(&[id]),
+                &mut RuncLog::stderr_only(),
+            )
+            .map(|(verdict, _)| verdict)
+            .unwrap()
+        };
+        let uuid = "GPU-22222222-2222-2222-2222-222222222222";
+        match hook("h1") {
+            Verdict::Refused(r) => assert_eq!(
+                r,
+                format!("mlenv-hook cannot give a container that exists its MPS share of GPU 2 (8G pinned, 100% threads); run it with -e CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={uuid}=8G -e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100 -e CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps -v /tmp/nvidia-mps:/tmp/nvidia-mps -v /dev/shm/mlenv-mps:/dev/shm, or register mlenv-runtime with the engine")
+            ),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(written(&f), spec, "a hook writes nothing");
+        let db = f.dir.path().join("inv/mlenv.db");
+        assert!(live_gpus(&db).is_empty(), "nothing leased");
+
+        spec["process"]["env"] = serde_json::json!([
+            "MLENV_GPU_MEMORY=8G",
+            format!("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={uuid}=8G"),
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100",
+            "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps"
+        ]);
+        spec["mounts"] = serde_json::json!([
+            {"destination": "/tmp/nvidia-mps", "type": "bind", "source": "/tmp/nvidia-mps", "options": ["rbind", "rprivate"]},
+            {"destination": "/dev/shm", "type": "bind", "source": "/dev/shm/mlenv-mps", "options": ["rbind", "rprivate"]}
+        ]);
+        fs::write(f.bundle.join("config.json"), spec.to_string()).unwrap();
+        let v = hook("h2");
+        assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
+        assert_eq!(live_gpus(&db), [("h2".to_string(), vec![2])]);
     }
 
     #[test]

@@ -213,3 +213,83 @@ fn podman_cdi_gpu_is_leased_by_the_hook() {
     ok(&mut podman.cmd(&["rm", "--force", "--time", "0", first]));
     assert!(policy.live().is_empty(), "released at removal");
 }
+
+/// On an MPS GPU, mlenv-hook alone cannot give the container its share (the MPS
+/// variables and mounts): `podman run` without them is refused, naming the flags that
+/// give it; with those flags the GPU is leased with its share.
+#[test]
+fn podman_mps_gpu_needs_its_share_in_the_run_command() {
+    if !require("podman_mps", &["podman", "runc", "mknod"], &[]) {
+        return;
+    }
+    let host = crate::gpu::GpuHost::new(&crate::gpu::four_gpus(), 4);
+    let mps = tempfile::tempdir().unwrap();
+    let (pipe, shm) = (mps.path().join("pipe"), mps.path().join("shm"));
+    std::fs::create_dir(&pipe).unwrap();
+    std::fs::create_dir(&shm).unwrap();
+    let policy = Policy::write(
+        None,
+        &format!(
+            "{}[mps]\ngpus = [1]\npipe_directory = {pipe:?}\nshm_directory = {shm:?}\n",
+            host.policy("nvidia")
+        ),
+    );
+    let podman = Podman::new(&policy);
+    let node = host.dev().join("nvidia1");
+    let device = format!("{}:/dev/nvidia1", node.display());
+    let o = run(&mut podman.run(&[
+        "--rm",
+        "--device",
+        &device,
+        "-e",
+        "MLENV_GPU_MEMORY=8G",
+        "mlenv-busybox",
+        "true",
+    ]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    let (pipe, shm) = (pipe.display(), shm.display());
+    let flags = [
+        format!(
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={}=8G",
+            crate::gpu::uuid(1)
+        ),
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100".to_string(),
+        format!("CUDA_MPS_PIPE_DIRECTORY={pipe}"),
+    ];
+    assert!(
+        err.contains(&format!(
+            "mlenv: refused: mlenv-hook cannot give a container that exists its MPS share of GPU 1 (8G pinned, 100% threads); run it with -e {} -e {} -e {} -v {pipe}:{pipe} -v {shm}:/dev/shm, or register mlenv-runtime with the engine",
+            flags[0], flags[1], flags[2]
+        )),
+        "{err}"
+    );
+    assert!(policy.live().is_empty(), "nothing leased");
+    let (pipe_bind, shm_bind) = (format!("{pipe}:{pipe}"), format!("{shm}:/dev/shm"));
+    let first = ok(&mut podman.run(&[
+        "-d",
+        "--device",
+        &device,
+        "-e",
+        "MLENV_GPU_MEMORY=8G",
+        "-e",
+        &flags[0],
+        "-e",
+        &flags[1],
+        "-e",
+        &flags[2],
+        "-v",
+        &pipe_bind,
+        "-v",
+        &shm_bind,
+        "mlenv-busybox",
+        "sleep",
+        "600",
+    ]));
+    let first = first.trim();
+    let live = policy.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["gpus"], serde_json::json!([1]), "{live:?}");
+    ok(&mut podman.cmd(&["rm", "--force", "--time", "0", first]));
+    assert!(policy.live().is_empty(), "released at removal");
+}

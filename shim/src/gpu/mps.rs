@@ -280,20 +280,39 @@ const VARS: [&str; 3] = [
     "CUDA_MPS_PIPE_DIRECTORY",
 ];
 
-/// Gives the container its share of the MPS GPUs `uuids`: the three variables (keyed
-/// by UUID, which CUDA_VISIBLE_DEVICES renumbering cannot confuse), the pipe directory
-/// at the same path, the shared shm directory at /dev/shm. Values the container set
-/// itself are replaced, and the returned lines say so. Idempotent.
+/// The three variables' values for a share of the MPS GPUs `uuids`, in [`VARS`]'
+/// order: the pinned memory keyed by UUID (which CUDA_VISIBLE_DEVICES renumbering
+/// cannot confuse), the thread percentage, the pipe directory.
+fn values(uuids: &[&str], share: Share, mps: &MpsSection) -> [String; 3] {
+    let limit = ByteSize(share.memory).to_string();
+    let pinned: Vec<String> = uuids.iter().map(|u| format!("{u}={limit}")).collect();
+    [
+        pinned.join(","),
+        share.threads.to_string(),
+        mps.pipe_directory.display().to_string(),
+    ]
+}
+
+/// The bind mounts (destination, source) of an MPS client: the pipe directory at the
+/// same path, the shared shm directory at /dev/shm.
+fn binds(mps: &MpsSection) -> [(String, String); 2] {
+    let pipe = mps.pipe_directory.display().to_string();
+    [
+        (pipe.clone(), pipe),
+        ("/dev/shm".into(), mps.shm_directory.display().to_string()),
+    ]
+}
+
+/// Gives the container its share of the MPS GPUs `uuids`: the three variables, the
+/// pipe directory at the same path, the shared shm directory at /dev/shm. Values the
+/// container set itself are replaced, and the returned lines say so. Idempotent.
 pub fn apply(
     spec: &mut Spec,
     uuids: &[&str],
     share: Share,
     mps: &MpsSection,
 ) -> Result<Vec<String>, SpecError> {
-    let limit = ByteSize(share.memory).to_string();
-    let pinned: Vec<String> = uuids.iter().map(|u| format!("{u}={limit}")).collect();
-    let pipe = mps.pipe_directory.display().to_string();
-    let values = [pinned.join(","), share.threads.to_string(), pipe.clone()];
+    let values = values(uuids, share, mps);
     let mut actions = Vec::new();
     for (name, value) in VARS.iter().zip(&values) {
         if let Some(old) = spec.env(name).filter(|old| old != value) {
@@ -301,10 +320,7 @@ pub fn apply(
         }
         spec.set_env(name, value)?;
     }
-    for (destination, source) in [
-        (pipe.clone(), pipe.clone()),
-        ("/dev/shm".into(), mps.shm_directory.display().to_string()),
-    ] {
+    for (destination, source) in binds(mps) {
         let mount = json!({
             "destination": destination, "type": "bind", "source": source,
             "options": ["rbind", "rw", "nosuid", "nodev"],
@@ -312,11 +328,40 @@ pub fn apply(
         spec.upsert(&[], "mounts", "destination", mount)?;
     }
     actions.push(format!(
-        "MPS share: {limit} pinned on {}, {}% threads",
+        "MPS share: {} pinned on {}, {}% threads",
+        ByteSize(share.memory),
         uuids.join(", "),
         share.threads
     ));
     Ok(actions)
+}
+
+/// What a container that exists lacks of its share, for mlenv-hook, which cannot
+/// [`apply`] it: each variable not set to its granted value and each bind mount
+/// missing, as the `podman run` flag that gives it (`-e NAME=VALUE`, `-v SRC:DST`).
+/// Empty when the container carries its whole share. A mount counts by its source
+/// and destination, whatever options the engine gave it.
+pub fn missing(spec: &Spec, uuids: &[&str], share: Share, mps: &MpsSection) -> Vec<String> {
+    let values = values(uuids, share, mps);
+    let mounts = spec.json.get("mounts").and_then(|m| m.as_array());
+    let mounted = |destination: &str, source: &str| {
+        mounts.is_some_and(|m| {
+            m.iter().any(|m| {
+                m.get("destination").and_then(|d| d.as_str()) == Some(destination)
+                    && m.get("source").and_then(|s| s.as_str()) == Some(source)
+            })
+        })
+    };
+    let vars = VARS
+        .iter()
+        .zip(&values)
+        .filter(|(name, value)| spec.env(name) != Some(value.as_str()))
+        .map(|(name, value)| format!("-e {name}={value}"));
+    let binds = binds(mps)
+        .into_iter()
+        .filter(|(destination, source)| !mounted(destination, source))
+        .map(|(destination, source)| format!("-v {source}:{destination}"));
+    vars.chain(binds).collect()
 }
 
 #[cfg(test)]
@@ -534,5 +579,90 @@ mod tests {
         let once = s.json.clone();
         apply(&mut s, &["GPU-a", "GPU-b"], share, &mps).unwrap();
         assert_eq!(s.json, once, "idempotent");
+    }
+
+    /// mlenv-hook's check: what the container lacks of its share, as the flags that
+    /// give it; nothing once it carries what `apply` writes, or the same set by the
+    /// engine with its own mount options.
+    #[test]
+    fn what_a_container_lacks_of_its_share() {
+        let mps = MpsSection::default();
+        let share = Share {
+            memory: 8 * G,
+            threads: 50,
+        };
+        let all = [
+            "-e CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=GPU-a=8G",
+            "-e CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50",
+            "-e CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
+            "-v /tmp/nvidia-mps:/tmp/nvidia-mps",
+            "-v /dev/shm/mlenv-mps:/dev/shm",
+        ];
+        let env_ok = [
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=GPU-a=8G",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50",
+            "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
+        ];
+        // podman's -v, with its own options.
+        let bind = |src: &str, dst: &str| {
+            json!({"destination": dst, "type": "bind", "source": src,
+                   "options": ["rbind", "rprivate"]})
+        };
+        let with = |env: &[&str], mounts: Vec<serde_json::Value>| {
+            let mut s = spec(env);
+            s.json["mounts"].as_array_mut().unwrap().extend(mounts);
+            s
+        };
+        let both = || {
+            vec![
+                bind("/tmp/nvidia-mps", "/tmp/nvidia-mps"),
+                bind("/dev/shm/mlenv-mps", "/dev/shm"),
+            ]
+        };
+        let rows: Vec<(&str, Spec, Vec<&str>)> = vec![
+            ("nothing of it", spec(&["PATH=/bin"]), all.to_vec()),
+            (
+                "all of it, as the engine set it",
+                with(&env_ok, both()),
+                vec![],
+            ),
+            (
+                "more threads than granted",
+                with(
+                    &[
+                        env_ok[0],
+                        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100",
+                        env_ok[2],
+                    ],
+                    both(),
+                ),
+                vec![all[1]],
+            ),
+            (
+                "/dev/shm still the engine's tmpfs",
+                with(&env_ok, both()[..1].to_vec()),
+                vec![all[4]],
+            ),
+            (
+                "the pipe directory from elsewhere",
+                with(
+                    &env_ok,
+                    vec![
+                        bind("/srv/mps", "/tmp/nvidia-mps"),
+                        bind("/dev/shm/mlenv-mps", "/dev/shm"),
+                    ],
+                ),
+                vec![all[3]],
+            ),
+        ];
+        for (what, s, expected) in rows {
+            assert_eq!(missing(&s, &["GPU-a"], share, &mps), expected, "{what}");
+        }
+        let mut applied = spec(&["PATH=/bin"]);
+        apply(&mut applied, &["GPU-a"], share, &mps).unwrap();
+        assert!(
+            missing(&applied, &["GPU-a"], share, &mps).is_empty(),
+            "what apply writes"
+        );
     }
 }
