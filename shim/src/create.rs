@@ -622,8 +622,7 @@ impl Gpus {
                 ));
             }
         }
-        if let Some(share) = s.grant.first().and_then(|g| g.share) {
-            let uuids: Vec<&str> = s.grant.iter().map(|g| g.uuid.as_str()).collect();
+        if let Some((share, uuids)) = granted_share(&s.grant) {
             actions.extend(crate::gpu::mps::apply(&mut out, &uuids, share, mps)?);
         }
         Ok((out, actions))
@@ -638,14 +637,12 @@ fn share_in_place(
     grant: &[select::Granted],
     policy: &crate::policy::Policy,
 ) -> Option<String> {
-    let share = grant.first().and_then(|g| g.share)?;
-    let uuids: Vec<&str> = grant.iter().map(|g| g.uuid.as_str()).collect();
+    let (share, uuids) = granted_share(grant)?;
     let missing = crate::gpu::mps::missing(spec, &uuids, share, &policy.mps);
     (!missing.is_empty()).then(|| {
-        let indexes: Vec<String> = grant.iter().map(|g| g.index.to_string()).collect();
         format!(
             "mlenv-hook cannot give a container that exists its MPS share of GPU {} ({} pinned, {}% threads); run it with {}, or register mlenv-runtime with the engine",
-            indexes.join(","),
+            indexes(grant).join(","),
             crate::units::ByteSize(share.memory),
             share.threads,
             missing.join(" ")
@@ -653,9 +650,21 @@ fn share_in_place(
     })
 }
 
+/// The MPS share granted on `grant` (the same on each of its GPUs), with their UUIDs;
+/// None where the GPUs are not shared through MPS.
+fn granted_share(grant: &[select::Granted]) -> Option<(crate::gpu::mps::Share, Vec<&str>)> {
+    let share = grant.first().and_then(|g| g.share)?;
+    Some((share, grant.iter().map(|g| g.uuid.as_str()).collect()))
+}
+
+/// The indexes of the granted GPUs, in grant order.
+fn indexes(grant: &[select::Granted]) -> Vec<String> {
+    grant.iter().map(|g| g.index.to_string()).collect()
+}
+
 /// `GPUs 2,3 leased`.
 fn leased(grant: &[select::Granted]) -> String {
-    let indexes: Vec<String> = grant.iter().map(|g| g.index.to_string()).collect();
+    let indexes = indexes(grant);
     format!(
         "GPU{} {} leased",
         if indexes.len() == 1 { "" } else { "s" },
